@@ -1,0 +1,41 @@
+# ddnb developer commands. Each target does its own set-up, as on a new machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ddnb-installed
+FMNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: setup data test demo lab bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	@touch $(STAMP)
+
+# Fashion-MNIST from Debian, when apt is here and the data is not; quietly skipped elsewhere.
+data:
+	@if [ ! -d $(FMNIST) ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing dataset-fashion-mnist with apt-get"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
+			|| echo "apt-get could not install dataset-fashion-mnist; tests that need it are skipped"; \
+	fi
+
+test: setup data
+	$(BIN)/python -m pytest -q
+
+demo: setup data
+	$(BIN)/ddnb demo
+
+lab: setup data
+	$(BIN)/jupyter lab notebooks/
+
+bench: setup data
+	$(BIN)/python benchmarks/bench_speed.py
+	$(BIN)/python benchmarks/bench_random_fmnist.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,105 @@
+"""The method registry: one name per distillation or selection method, reached the same way
+from notebooks, sweeps and the CLI (`ddnb.distill`, `ddnb.select`, `ddnb.list_methods`)."""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+KINDS = ("select", "distill")
+BUDGETS = ("smoke", "cpu", "paper")
+# Modules that register methods when imported; add a module here when you add a method file.
+_METHOD_MODULES = ("ddnb.methods.coreset", "ddnb.methods.dm", "ddnb.methods.dc", "ddnb.methods.mtt")
+
+
+@dataclass
+class MethodInfo:
+    """A registered method: its entry point, kind, named budgets and where `paper` comes from."""
+
+    name: str
+    kind: str
+    fn: Callable[..., Any]
+    budgets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    paper: str = ""
+    summary: str = ""
+
+
+_REGISTRY: dict[str, MethodInfo] = {}
+
+
+def register(name: str, kind: str, budgets: dict[str, dict[str, Any]] | None = None,
+             paper: str = "", summary: str = "") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: put an entry point in the registry under `name`."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if name in _REGISTRY and _REGISTRY[name].fn is not fn:
+            raise ValueError(f"method {name!r} is registered twice")
+        doc_line = (fn.__doc__ or "").strip().split("\n")[0]
+        _REGISTRY[name] = MethodInfo(name, kind, fn, dict(budgets or {}), paper, summary or doc_line)
+        return fn
+
+    return deco
+
+
+def _load_all() -> None:
+    """Import every method module so its @register calls run (modules not written yet are skipped)."""
+    for mod in _METHOD_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name != mod:
+                raise
+
+
+def get_method(name: str, kind: str | None = None) -> MethodInfo:
+    """Look a method up by name; an unknown name lists the known ones."""
+    _load_all()
+    info = _REGISTRY.get(name)
+    if info is None or (kind is not None and info.kind != kind):
+        known = sorted(n for n, i in _REGISTRY.items() if kind is None or i.kind == kind)
+        what = f"{kind} method" if kind else "method"
+        raise ValueError(f"unknown {what} {name!r}; known: {', '.join(known)}")
+    return info
+
+
+def list_methods() -> list[dict[str, Any]]:
+    """Every registered method with its kind, budgets and the paper its `paper` budget follows."""
+    _load_all()
+    return [
+        {"name": i.name, "kind": i.kind, "budgets": sorted(i.budgets), "paper": i.paper, "summary": i.summary}
+        for i in sorted(_REGISTRY.values(), key=lambda i: (i.kind, i.name))
+    ]
+
+
+def resolve_budget(info: MethodInfo, budget: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a named budget with single settings overridden; unknown names are errors."""
+    if budget not in info.budgets:
+        raise ValueError(f"unknown budget {budget!r} for method {info.name!r}; allowed: {', '.join(info.budgets)}")
+    settings = dict(info.budgets[budget])
+    unknown = sorted(set(overrides) - set(settings))
+    if unknown:
+        raise ValueError(
+            f"unknown setting(s) {', '.join(map(repr, unknown))} for method {info.name!r}; "
+            f"allowed: {', '.join(sorted(settings))}")
+    settings.update(overrides)
+    return settings
+
+
+def select(method: str, dataset: Any, ipc: int, seed: int = 0, device: Any = None, **kw: Any):
+    """Run a selection method: returns (SyntheticSet of real images, chosen indices)."""
+    return get_method(method, "select").fn(dataset, ipc, seed=seed, device=device, **kw)
+
+
+def distill(method: str, dataset: Any, ipc: int, budget: str = "cpu", seed: int = 0, device: Any = None,
+            **overrides: Any):
+    """Run a distillation method under a named budget: returns (SyntheticSet, History)."""
+    info = get_method(method, "distill")
+    settings = resolve_budget(info, budget, {k: v for k, v in overrides.items() if k not in _RUN_OPTIONS})
+    run_opts = {k: v for k, v in overrides.items() if k in _RUN_OPTIONS}
+    return info.fn(dataset, ipc, seed=seed, device=device, budget=budget, settings=settings, **run_opts)
+
+
+# Options of a run (not of the method's settings) that `distill` passes straight through.
+_RUN_OPTIONS = ("out_dir", "resume", "progress", "checkpoint_every", "eval_every", "callback")
