@@ -1,0 +1,354 @@
+"""Train a model on a (small) set under a label regime, test it, and evaluate a synthetic set over seeds.
+
+Label regimes (paper 004, "Hard Truths About Soft Labels", Tab. 1):
+  "hl"     cross-entropy on hard labels;
+  "sl"     fixed soft labels, KL divergence at temperature T, scaled by T**2;
+  "sl+kd"  a teacher labels every augmented view on the fly: KL between the student's and the
+           teacher's softened logits on the same (DSA / CutMix) batch, scaled by T**2.
+The training set is small, so it stays on the device and is batched by index permutations drawn
+from a torch.Generator seeded by `seed`; DSA draws from the global RNG, which is seeded inside a
+forked RNG state (the caller's RNG state is untouched). Same seed, same device -> same result.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ddnb.synset import infer_label_kind
+from ddnb.utils import resolve_device
+
+if TYPE_CHECKING:
+    from ddnb.data import Dataset
+    from ddnb.synset import SyntheticSet
+
+REGIMES = ("hl", "sl", "sl+kd")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("step", "cosine", "constant")
+
+# Named evaluation protocols. "dc" is the DC/DSA/DM reference `evaluate_synset` (SGD, momentum
+# 0.9, weight decay 5e-4, lr x0.1 half way; 300 epochs, 1000 with DSA). "hl" and "sl" are the
+# small-scale columns of paper 004 Tab. 1 ("StepLR@151" of 300 epochs = x0.1 at half way);
+# momentum / weight decay that Tab. 1 leaves open follow DC (SGD) and torch's AdamW default (0.01).
+# "sl+kd" is the SL setting with a teacher (pass teacher=...); CutMix is optional there.
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    "dc": dict(regime="hl", optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, batch_size=256,
+               schedule="step", warmup_epochs=0, epochs=300, epochs_dsa=1000, dsa=False, temperature=1.0),
+    "hl": dict(regime="hl", optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, batch_size=256,
+               schedule="step", warmup_epochs=0, epochs=300, dsa=True, temperature=1.0),
+    "sl": dict(regime="sl", optimizer="adamw", lr=1e-3, weight_decay=0.01, batch_size=256,
+               schedule="cosine", warmup_epochs=0, epochs=300, dsa=True, temperature=20.0),
+    "sl+kd": dict(regime="sl+kd", optimizer="adamw", lr=1e-3, weight_decay=0.01, batch_size=256,
+                  schedule="cosine", warmup_epochs=0, epochs=300, dsa=True, temperature=20.0),
+}
+
+
+# ------------------------------------------------------------------------- losses
+def soften(targets: Tensor, temperature: float, label_kind: str) -> Tensor:
+    """Target probabilities at temperature T: softmax(logits / T), or softmax(log p / T) for probabilities."""
+    if label_kind == "soft_logits":
+        return F.softmax(targets / temperature, dim=-1)
+    if label_kind == "soft_probs":
+        return F.softmax(torch.log(targets) / temperature, dim=-1)
+    raise ValueError(f"label_kind must be 'soft_logits' or 'soft_probs' for soft targets, got {label_kind!r}")
+
+
+def kl_loss(student_logits: Tensor, target_probs: Tensor, temperature: float) -> Tensor:
+    """T**2 * KL(target || softmax(student / T)), averaged over the batch (Hinton et al. distillation)."""
+    log_q = F.log_softmax(student_logits / temperature, dim=-1)
+    return F.kl_div(log_q, target_probs, reduction="batchmean") * temperature**2
+
+
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """SL+KD loss: T**2 * KL(softmax(teacher / T) || softmax(student / T)), computed in log space."""
+    log_q = F.log_softmax(student_logits / temperature, dim=-1)
+    log_p = F.log_softmax(teacher_logits / temperature, dim=-1)
+    return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True) * temperature**2
+
+
+# ------------------------------------------------------------------------- schedules
+def lr_schedule(schedule: str, base_lr: float, epochs: int, warmup_epochs: int = 0) -> list[float]:
+    """Learning rate of each epoch: linear warm-up, then constant, step (x0.1 from epoch epochs//2) or cosine.
+
+    Warm-up: lr_e = base * (e + 1) / W for e < W. Cosine after warm-up:
+    lr_e = base * (1 + cos(pi * (e - W) / (epochs - W))) / 2. Step: base before epochs // 2,
+    base / 10 from then on (DC's reference decays one epoch later, after epoch E//2 + 1 of E + 1).
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    if not isinstance(warmup_epochs, int) or warmup_epochs < 0 or (warmup_epochs and warmup_epochs >= epochs):
+        raise ValueError(f"warmup_epochs must be an int in [0, epochs={epochs}), got {warmup_epochs!r}")
+    return [_lr_at(schedule, base_lr, e, epochs, warmup_epochs) for e in range(epochs)]
+
+
+def _lr_at(schedule: str, base: float, e: int, epochs: int, warmup: int) -> float:
+    """One epoch's learning rate (see lr_schedule)."""
+    if e < warmup:
+        return base * (e + 1) / warmup
+    if schedule == "cosine":
+        return base * 0.5 * (1.0 + math.cos(math.pi * (e - warmup) / (epochs - warmup)))
+    if schedule == "step":
+        return base if e < epochs // 2 else base * 0.1
+    return base
+
+
+# ------------------------------------------------------------------------- training
+def _make_optimizer(name: str, model: nn.Module, lr: float, momentum: float,
+                    weight_decay: float) -> torch.optim.Optimizer:
+    """SGD (with momentum) or AdamW over the model's parameters."""
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
+
+
+def _dsa_strategy(dsa: bool | str | None) -> str | None:
+    """None for no augmentation; the default DSA strategy for True; a given strategy string as is."""
+    from ddnb.augment import DSA_STRATEGY, parse_strategy
+
+    if dsa is None or dsa is False:
+        return None
+    if dsa is True:
+        return DSA_STRATEGY
+    if isinstance(dsa, str):
+        return dsa if parse_strategy(dsa) else None
+    raise ValueError(f"dsa must be True, False, None or a strategy string like {DSA_STRATEGY!r}, got {dsa!r}")
+
+
+def _check_labels(regime: str, labels: Tensor, n: int, label_kind: str | None) -> str:
+    """Labels fit the regime and the images; returns the label kind."""
+    if regime not in REGIMES:
+        raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
+    if labels.shape[0] != n:
+        raise ValueError(f"got {labels.shape[0]} labels for {n} images; they must match")
+    kind = label_kind if label_kind is not None else infer_label_kind(labels)
+    if regime == "hl" and kind != "hard":
+        raise ValueError(f"regime 'hl' needs hard integer labels, got {kind} labels; use regime 'sl' "
+                         "or pass labels.argmax(1)")
+    if regime == "sl" and kind == "hard":
+        raise ValueError("regime 'sl' needs soft labels of shape (N, K); use regime 'hl' for hard labels")
+    return kind
+
+
+class _Step:
+    """Loss of one augmented batch under a regime (holds the fixed pieces: targets, teacher, T)."""
+
+    def __init__(self, regime: str, labels: Tensor, kind: str, temperature: float, teacher: nn.Module | None):
+        self.regime, self.temperature, self.teacher = regime, temperature, teacher
+        self.targets = soften(labels, temperature, kind) if regime == "sl" else labels
+
+    def loss(self, out: Tensor, x: Tensor, idx_a: Tensor, idx_b: Tensor | None, lam: float) -> Tensor:
+        """Loss of logits `out` for augmented inputs x; with CutMix the targets mix as lam*a + (1-lam)*b."""
+        if self.regime == "sl+kd":
+            with torch.no_grad():
+                teacher_logits = self.teacher(x)
+            return kd_loss(out, teacher_logits, self.temperature)
+        if self.regime == "hl":
+            loss = F.cross_entropy(out, self.targets[idx_a])
+            return loss if idx_b is None else lam * loss + (1 - lam) * F.cross_entropy(out, self.targets[idx_b])
+        target = self.targets[idx_a] if idx_b is None else lam * self.targets[idx_a] + (1 - lam) * self.targets[idx_b]
+        return kl_loss(out, target, self.temperature)
+
+
+def train_model(
+    model: nn.Module, images: Tensor, labels: Tensor, *, epochs: int, regime: str = "hl",
+    optimizer: str = "sgd", lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
+    batch_size: int = 256, schedule: str = "step", warmup_epochs: int = 0, dsa: bool | str | None = False,
+    temperature: float = 1.0, teacher: nn.Module | None = None, cutmix_alpha: float | None = None,
+    cutmix_prob: float = 1.0, label_kind: str | None = None, seed: int = 0,
+    device: str | torch.device | None = None, progress: bool = False,
+    on_epoch_end: Callable[[int, nn.Module], None] | None = None,
+) -> dict[str, Any]:
+    """Train `model` in place on (images, labels) under a label regime; returns per-epoch loss and lr.
+
+    device None: the device the model is on. `label_kind` (None = inferred, see
+    ddnb.synset.infer_label_kind) says whether soft labels are probabilities or logits.
+    `on_epoch_end(epoch, model)` runs after every epoch (epoch counts from 1), e.g. to snapshot weights.
+    Raises FloatingPointError naming the epoch when the loss becomes NaN or infinite.
+    """
+    dev = resolve_device(device) if device is not None else next(model.parameters()).device
+    kind = _check_labels(regime, labels, images.shape[0], label_kind)
+    if regime == "sl+kd" and teacher is None:
+        raise ValueError("regime 'sl+kd' needs a teacher model (teacher=...)")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    lrs = lr_schedule(schedule, lr, epochs, warmup_epochs)
+    strategy = _dsa_strategy(dsa)
+    model.to(dev)
+    opt = _make_optimizer(optimizer, model, lr, momentum, weight_decay)
+    x, y = images.detach().to(dev), labels.detach().to(dev)
+    teacher_was_training = teacher.training if teacher is not None else False
+    if teacher is not None:
+        teacher.to(dev).eval()
+    step = _Step(regime, y, kind, temperature, teacher)
+    history: dict[str, Any] = {"train_loss": [], "lr": lrs}
+    start = time.perf_counter()
+    try:
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            torch.manual_seed(seed)
+            gen = torch.Generator().manual_seed(seed)
+            model.train()
+            for e in tqdm(range(epochs), desc="train", leave=False, disable=not progress):
+                for group in opt.param_groups:
+                    group["lr"] = lrs[e]
+                loss = _run_epoch(model, opt, x, step, batch_size, strategy, cutmix_alpha, cutmix_prob, gen)
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"training loss became {loss} at epoch {e + 1}/{epochs} (lr {lrs[e]:g}); "
+                                             "lower the learning rate or check the inputs for NaN")
+                history["train_loss"].append(loss)
+                if on_epoch_end is not None:
+                    on_epoch_end(e + 1, model)
+    finally:
+        if teacher is not None:
+            teacher.train(teacher_was_training)
+    history["seconds"] = time.perf_counter() - start
+    return history
+
+
+def _run_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, step: _Step, batch_size: int,
+               strategy: str | None, cutmix_alpha: float | None, cutmix_prob: float,
+               gen: torch.Generator) -> float:
+    """One pass over x in random order; returns the mean loss (weighted by batch size)."""
+    from ddnb.augment import cutmix, dsa
+
+    n = x.shape[0]
+    perm = torch.randperm(n, generator=gen).to(x.device)
+    total = torch.zeros((), device=x.device)
+    for i in range(0, n, batch_size):
+        idx = perm[i:i + batch_size]
+        xb = x[idx]
+        if strategy is not None:
+            xb = dsa(xb, strategy, seed=None)
+        idx_b, lam = None, 1.0
+        if cutmix_alpha is not None and float(torch.rand((), generator=gen)) < cutmix_prob:
+            xb, _, idx_b, lam = cutmix(xb, idx, alpha=cutmix_alpha, generator=gen)
+        loss = step.loss(model(xb), xb, idx, idx_b, lam)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += loss.detach() * idx.numel()
+    return float(total) / n
+
+
+# ------------------------------------------------------------------------- testing
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1024) -> float:
+    """Accuracy of `model` on (x, y) in [0, 1], in eval and inference mode (the model's mode is restored)."""
+    if x.shape[0] != y.shape[0] or x.shape[0] == 0:
+        raise ValueError(f"evaluate needs as many labels as (at least one) images, got {x.shape[0]} and {y.shape[0]}")
+    dev = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.long, device=dev)
+    with torch.inference_mode():
+        for i in range(0, x.shape[0], batch_size):
+            pred = model(x[i:i + batch_size].to(dev)).argmax(1)
+            correct += (pred == y[i:i + batch_size].to(dev)).sum()
+    model.train(was_training)
+    return int(correct) / x.shape[0]
+
+
+@dataclass
+class EvalResult:
+    """Test accuracy (%) of models trained on a set: mean, population std (numpy ddof=0), per seed."""
+
+    mean: float
+    std: float
+    per_seed: list[float]
+    protocol: dict[str, Any]
+    arch: str
+    seconds: float
+    seeds: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (for results.json)."""
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return f"{self.mean:.2f} ± {self.std:.2f}% ({self.arch}, {len(self.per_seed)} seeds)"
+
+
+_TRAIN_KEYS = ("regime", "optimizer", "lr", "momentum", "weight_decay", "batch_size", "schedule",
+               "warmup_epochs", "temperature", "teacher", "cutmix_alpha", "cutmix_prob")
+
+
+def resolve_protocol(protocol: str, epochs: int | None, dsa: bool | str | None,
+                     overrides: dict[str, Any]) -> dict[str, Any]:
+    """The full training settings of a named protocol with epochs, dsa and single settings overridden."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+    unknown = sorted(set(overrides) - set(_TRAIN_KEYS))
+    if unknown:
+        raise ValueError(f"unknown training setting(s) {unknown}; allowed: {', '.join(_TRAIN_KEYS)}")
+    base = dict(PROTOCOLS[protocol])
+    dsa = base.pop("dsa") if dsa is None else dsa
+    epochs_dsa = base.pop("epochs_dsa", None)
+    if epochs is None:
+        epochs = epochs_dsa if (epochs_dsa is not None and _dsa_strategy(dsa)) else base["epochs"]
+    settings = {**base, **overrides, "epochs": epochs, "dsa": dsa, "name": protocol}
+    return settings
+
+
+def _training_labels(synset: SyntheticSet, regime: str) -> tuple[Tensor, Tensor, str]:
+    """Decoded images and the labels a regime trains on: HL uses argmax of soft labels (paper 004's HL)."""
+    images, labels = synset.decoded()
+    kind = synset.label_kind
+    if regime == "hl" and kind != "hard":
+        labels, kind = labels.argmax(1), "hard"
+    return images.detach(), labels.detach(), kind
+
+
+def evaluate_synset(
+    synset: SyntheticSet, dataset: Dataset, arch: str = "convnet3", seeds: int | Sequence[int] = 5,
+    epochs: int | None = None, dsa: bool | str | None = None, protocol: str = "dc",
+    device: str | torch.device | None = None, progress: bool = True,
+    model_kw: dict[str, Any] | None = None, **overrides: Any,
+) -> EvalResult:
+    """Train a fresh `arch` per seed on the synthetic set and report final-epoch test accuracy (%).
+
+    seeds: a count n (seeds 0..n-1) or explicit seeds; seed i sets both the model init and the
+    training order. dsa None: the protocol's choice ("dc": off; 1000 epochs when on). With regime
+    "hl" a soft-label set trains on the argmax class. `overrides` are train_model settings
+    (lr, batch_size, teacher, ...). std is the population std over seeds (numpy, ddof=0).
+    """
+    from ddnb.models import get_model
+
+    settings = resolve_protocol(protocol, epochs, dsa, overrides)
+    if synset.dataset != dataset.name or tuple(synset.image_shape) != tuple(dataset.image_shape):
+        raise ValueError(f"synthetic set is for {synset.dataset!r} {synset.image_shape}, but the test data is "
+                         f"{dataset.name!r} {tuple(dataset.image_shape)}")
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if not seed_list:
+        raise ValueError(f"seeds must be a positive count or a non-empty list, got {seeds!r}")
+    dev = resolve_device(device)
+    images, labels, kind = _training_labels(synset, settings["regime"])
+    images, labels = images.to(dev), labels.to(dev)
+    x_test, y_test = dataset.x_test.to(dev), dataset.y_test.to(dev)
+    c, h, _ = dataset.image_shape
+    train_kw = {k: settings[k] for k in _TRAIN_KEYS if k in settings}
+    accs: list[float] = []
+    start = time.perf_counter()
+    bar = tqdm(seed_list, desc=f"eval {arch}", disable=not progress)
+    for s in bar:
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            torch.manual_seed(s)
+            model = get_model(arch, c, dataset.num_classes, h, **(model_kw or {})).to(dev)
+        train_model(model, images, labels, epochs=settings["epochs"], dsa=settings["dsa"], label_kind=kind,
+                    seed=s, device=dev, progress=progress, **train_kw)
+        accs.append(100.0 * evaluate(model, x_test, y_test))
+        bar.set_postfix(acc=f"{accs[-1]:.2f}")
+    record = {k: v for k, v in settings.items() if k != "teacher"}
+    record["teacher"] = type(settings["teacher"]).__name__ if settings.get("teacher") is not None else None
+    return EvalResult(float(np.mean(accs)), float(np.std(accs, ddof=0)), accs, record, arch,
+                      time.perf_counter() - start, seed_list)
