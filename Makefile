@@ -27,14 +27,16 @@ data:
 test: setup data
 	$(BIN)/python -m pytest -q
 
+# The quickstart notebook, headless, on the embedded digits data (a minute or two on a laptop CPU).
 demo: setup data
-	$(BIN)/ddnb demo
+	$(BIN)/ddnb run notebooks/00_quickstart.ipynb -p dataset digits -p budget smoke -p eval_epochs 100 --out outputs/demo
 
 lab: setup data
 	$(BIN)/jupyter lab notebooks/
 
 bench: setup data
 	$(BIN)/python benchmarks/bench_speed.py
+	$(BIN)/python benchmarks/bench_distill.py
 	$(BIN)/python benchmarks/bench_random_fmnist.py
 
 clean:

@@ -1,0 +1,247 @@
+"""The `ddnb` command: list datasets and methods, select, distill, evaluate, run notebooks.
+
+A thin layer over the same functions the notebooks call. A user mistake (unknown name, missing
+file, IPC larger than a class, unknown setting) ends with exit status 2 and one line
+`ddnb: error: ...` on stderr; anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from ddnb import __version__
+
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as a JSON literal when it is one (1, 0.5, true, null, [1,2]), else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_settings(items: Sequence[str]) -> dict[str, Any]:
+    """`key=value` strings -> a dict, each value through `parse_value`."""
+    settings: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        settings[key] = parse_value(value)
+    return settings
+
+
+def _out(*parts: Any) -> None:
+    """Print a line of results on stdout."""
+    print(*parts, flush=True)
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    """`ddnb datasets`: every dataset, whether it is here and where."""
+    from ddnb.data import list_datasets
+
+    rows = list_datasets(root=args.root)
+    if args.json:
+        _out(json.dumps(rows, indent=2))
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        where = r["path"] if r["available"] else _not_found(r["places"])
+        _out(f"{r['name']:<{width}}  {'yes' if r['available'] else 'no ':<3}  {where}")
+    return 0
+
+
+def _not_found(places: Sequence[str]) -> str:
+    """The `ddnb datasets` cell of a dataset that is not here."""
+    if not places:
+        return "not found (no folder to look in: give --root DIR or set $DDNB_DATA)"
+    return "not found; looked in: " + ", ".join(map(str, places))
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    """`ddnb methods`: every registered method, its kind, budgets and the paper its settings follow."""
+    from ddnb.methods import list_methods
+
+    rows = list_methods()
+    if args.json:
+        _out(json.dumps(rows, indent=2))
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        budgets = ", ".join(r["budgets"]) or "-"
+        _out(f"{r['name']:<{width}}  {r['kind']:<7}  budgets: {budgets}")
+        if r["summary"]:
+            _out(f"{'':<{width}}  {r['summary']}")
+        if r["paper"]:
+            _out(f"{'':<{width}}  paper: {r['paper']}")
+    return 0
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    """`ddnb select`: pick real images with a selection method and save them as a SyntheticSet."""
+    from ddnb.data import load_dataset
+    from ddnb.methods import get_method, select
+
+    get_method(args.method, "select")  # an unknown name fails before the dataset is loaded
+    data = load_dataset(args.dataset, root=args.root, device=args.device)
+    synset, indices = select(args.method, data, args.ipc, seed=args.seed, device=args.device)
+    synset.save(args.out)
+    _out(f"saved {len(indices)} images ({args.method}, {args.dataset}, ipc {args.ipc}, seed {args.seed}) "
+         f"to {args.out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """`ddnb eval`: train fresh models on a saved set and report test accuracy over seeds."""
+    from ddnb.data import load_dataset
+    from ddnb.synset import SyntheticSet
+    from ddnb.train import evaluate_synset
+
+    synset = SyntheticSet.load(args.file)
+    data = load_dataset(synset.dataset, root=args.root, device=args.device)
+    res = evaluate_synset(synset, data, arch=args.arch, seeds=args.seeds, epochs=args.epochs,
+                          dsa=True if args.dsa else None, protocol=args.protocol, device=args.device,
+                          progress=not args.quiet)
+    if args.json:
+        _out(json.dumps({"file": str(args.file), "dataset": synset.dataset, **res.to_dict()}))
+    else:
+        per_seed = ", ".join(f"{a:.2f}" for a in res.per_seed)
+        _out(f"{args.file}: {res} test accuracy; per seed: {per_seed}")
+    return 0
+
+
+def history_path(out: str | Path) -> Path:
+    """Where `ddnb distill` writes the History of the set saved at `out`: FILE with .history.json."""
+    return Path(out).with_suffix(".history.json")
+
+
+def checkpoint_dir(out: str | Path) -> Path:
+    """The default checkpoint folder of `ddnb distill --out FILE`: FILE without suffix + .checkpoints."""
+    return Path(out).with_suffix(".checkpoints")
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    """`ddnb distill`: run a distillation method under a budget; save the set and its History."""
+    from ddnb.data import load_dataset
+    from ddnb.methods import distill, get_method
+
+    settings = parse_settings(args.set or [])
+    get_method(args.method, "distill")  # an unknown name fails before the dataset is loaded
+    run_opts = {"progress": True, "resume": args.resume, "out_dir": args.checkpoint_dir or checkpoint_dir(args.out)}
+    data = load_dataset(args.dataset, root=args.root, device=args.device)
+    synset, history = distill(args.method, data, args.ipc, budget=args.budget, seed=args.seed, device=args.device,
+                              **{**run_opts, **settings})
+    synset.save(args.out)
+    history.save(history_path(args.out))
+    _out(f"saved {synset.n_stored} images ({args.method}, {args.dataset}, ipc {args.ipc}, budget {args.budget}) "
+         f"to {args.out}; history: {history_path(args.out)}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """`ddnb run`: execute a notebook headless with parameters; exit 1 when the run failed."""
+    from ddnb.runs import run_notebook
+
+    params = {name: parse_value(value) for name, value in args.param or []}
+    out = Path(args.out) if args.out is not None else Path("runs") / Path(args.notebook).stem
+    result = run_notebook(args.notebook, params, out, progress=not args.quiet)
+    _out(f"{args.notebook}: {result['status']}; outputs in {out.resolve()}")
+    if result["status"] == "failed":
+        print(f"ddnb: run failed: {result.get('error')}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_common(p: argparse.ArgumentParser, *, seed: bool = False, device: bool = True) -> None:
+    """Options several subcommands share."""
+    p.add_argument("--root", default=None, help="folder to look for datasets in first")
+    if device:
+        p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    if seed:
+        p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `ddnb` and its subcommands."""
+    parser = argparse.ArgumentParser(prog="ddnb", description="Notebook-first dataset distillation.")
+    parser.add_argument("--version", action="version", version=f"ddnb {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("datasets", help="list datasets, whether each is available and where")
+    _add_common(p, device=False)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser("methods", help="list selection and distillation methods with budgets and papers")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_methods)
+
+    p = sub.add_parser("select", help="select real images per class (random, herding, kcenter)")
+    p.add_argument("method", help="selection method (see `ddnb methods`)")
+    p.add_argument("--dataset", required=True, help="dataset name (see `ddnb datasets`)")
+    p.add_argument("--ipc", type=int, required=True, help="images per class")
+    p.add_argument("--out", required=True, help="file to save the selected set to (.safetensors)")
+    _add_common(p, seed=True)
+    p.set_defaults(func=cmd_select)
+
+    p = sub.add_parser("eval", help="evaluate a saved set: train fresh models, report test accuracy")
+    p.add_argument("file", help="a saved SyntheticSet")
+    p.add_argument("--arch", default="convnet3", help="model to train (default convnet3)")
+    p.add_argument("--seeds", type=int, default=5, help="number of model seeds (default 5)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the protocol's)")
+    p.add_argument("--dsa", action="store_true", help="train with DSA augmentation (default: the protocol's)")
+    p.add_argument("--protocol", default="dc", help="named evaluation protocol: dc, hl, sl, sl+kd (default dc)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_common(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("distill", help="distill a synthetic set with a registered method")
+    p.add_argument("method", help="distillation method (see `ddnb methods`)")
+    p.add_argument("--dataset", required=True, help="dataset name (see `ddnb datasets`)")
+    p.add_argument("--ipc", type=int, required=True, help="images per class")
+    p.add_argument("--budget", default="cpu", help="named budget: smoke, cpu or paper (default cpu)")
+    p.add_argument("--out", required=True, help="file to save the set to; the history goes beside it")
+    p.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
+                   help="override one setting of the budget (values parsed as JSON when possible)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the checkpoint folder")
+    p.add_argument("--checkpoint-dir", default=None,
+                   help="folder for checkpoints (default: FILE without its suffix + .checkpoints)")
+    _add_common(p, seed=True)
+    p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("run", help="run a notebook headless with parameters (papermill)")
+    p.add_argument("notebook", help="the .ipynb to run")
+    p.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                   help="set a notebook parameter (value parsed as JSON when possible)")
+    p.add_argument("--out", default=None, help="output folder (default: runs/<notebook name>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_run)
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (KeyError without its quotes); lines joined by '; '."""
+    msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    lines = [line.strip() for line in msg.splitlines() if line.strip()]
+    joined = "".join(f"{line}{' ' if line.endswith(':') else '; '}" for line in lines)
+    return joined.rstrip("; ") or type(exc).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `ddnb`: parse arguments, run the subcommand, turn user mistakes into exit 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:
+        print(f"ddnb: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,313 @@
+"""Shared infrastructure of the distillation methods: the checkpointed loop, its History, and
+the helpers every method needs (seeded per-iteration randomness, real-image and factored
+initialization, the final SyntheticSet with provenance).
+
+A method writes one `step(it) -> float` closure over a `state` dict and hands both to
+`run_loop`, which adds progress, timing, periodic evaluation, atomic checkpoints, exact resume
+and a clear stop on NaN. Resume is exact because every random choice inside `step(it)` comes
+from `seed_iteration(seed, it)` (a function of seed and iteration only), and everything that
+evolves (images, optimizer state, learnable lr, ...) lives in `state` and is checkpointed.
+
+Importing this module tunes glibc malloc for large activation buffers (see `ddnb.alloc`).
+"""
+from __future__ import annotations
+
+import io
+import logging
+import math
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ddnb import alloc
+from ddnb.utils import atomic_save_json, atomic_write_bytes
+
+log = logging.getLogger(__name__)
+alloc.tune_malloc()
+
+CHECKPOINT_FORMAT = 1
+_CKPT_RE = re.compile(r"^ckpt_(\d{8})\.pt$")
+Step = Callable[[int], float]
+
+
+@dataclass
+class History:
+    """What a distillation run did: loss and seconds per iteration, evaluations, checkpoint paths."""
+
+    method: str
+    settings: dict[str, Any]
+    loss: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    checkpoints: list[str] = field(default_factory=list)
+
+    @property
+    def iterations(self) -> int:
+        """Number of iterations completed."""
+        return len(self.loss)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain JSON-ready dict (the form stored in checkpoints and history.json)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> History:
+        """Rebuild a History from `to_dict()` output."""
+        return cls(method=d["method"], settings=dict(d["settings"]), loss=list(d["loss"]),
+                   seconds=list(d["seconds"]), evals=list(d["evals"]), checkpoints=list(d["checkpoints"]))
+
+    def save(self, path: str | Path) -> Path:
+        """Write the history as JSON atomically (temp file + rename)."""
+        return atomic_save_json(path, self.to_dict())
+
+
+# ---------------------------------------------------------------- per-iteration randomness
+
+def iteration_seed(seed: int, it: int) -> int:
+    """The seed of iteration `it` of a run seeded `seed`: a function of both only (exact resume)."""
+    return seed * 1_000_003 + it
+
+
+def seed_iteration(seed: int, it: int) -> torch.Generator:
+    """Seed the global torch RNG for iteration `it` and return a CPU generator seeded the same."""
+    s = iteration_seed(seed, it)
+    torch.manual_seed(s)
+    return torch.Generator().manual_seed(s)
+
+
+# ---------------------------------------------------------------- checkpoint state
+
+def _state_payload(state: dict[str, Any]) -> dict[str, Any]:
+    """Snapshot of `state`: tensors detached to CPU, modules/optimizers as state dicts, scalars as is."""
+    out: dict[str, Any] = {}
+    for key, value in state.items():
+        if isinstance(value, Tensor):
+            out[key] = value.detach().cpu().clone()
+        elif hasattr(value, "state_dict") and hasattr(value, "load_state_dict"):
+            out[key] = value.state_dict()
+        elif value is None or isinstance(value, (bool, int, float, str)):
+            out[key] = value
+        else:
+            raise TypeError(f"state[{key!r}] is a {type(value).__name__}; allowed: Tensor, an object with "
+                            f"state_dict()/load_state_dict() (module, optimizer), or a bool/int/float/str/None")
+    return out
+
+
+def _restore_state(state: dict[str, Any], saved: dict[str, Any]) -> None:
+    """Put a snapshot back: tensors copied in place (closures keep their references), others loaded."""
+    missing = sorted(set(state) ^ set(saved))
+    if missing:
+        raise ValueError(f"checkpoint state keys differ from the run's: {missing}")
+    for key, value in state.items():
+        if isinstance(value, Tensor):
+            with torch.no_grad():
+                value.copy_(saved[key].to(value.device))
+        elif hasattr(value, "load_state_dict"):
+            value.load_state_dict(saved[key])
+        else:
+            state[key] = saved[key]
+
+
+def checkpoint_path(out_dir: str | Path, iteration: int) -> Path:
+    """File of the checkpoint taken after `iteration` completed iterations."""
+    return Path(out_dir) / f"ckpt_{iteration:08d}.pt"
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The checkpoint with the most completed iterations in `out_dir`, or None."""
+    folder = Path(out_dir)
+    if not folder.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _CKPT_RE.match(p.name))]
+    return max(found)[1] if found else None
+
+
+def save_checkpoint(path: Path, iteration: int, state: dict[str, Any], history: History) -> Path:
+    """Write state + history atomically with torch.save (loadable with weights_only=True)."""
+    buf = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, "iteration": iteration, "state": _state_payload(state),
+                "history": history.to_dict()}, buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint without executing pickled code (torch.load weights_only=True)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: checkpoint format {ckpt.get('format')!r}, expected {CHECKPOINT_FORMAT}")
+    return ckpt
+
+
+def _resume(out_dir: Path, state: dict[str, Any], method: str, settings: dict[str, Any],
+            n_iters: int) -> tuple[int, History | None]:
+    """Load the last checkpoint of `out_dir` into `state`; returns (iterations done, its history)."""
+    path = latest_checkpoint(out_dir)
+    if path is None:
+        log.info("resume=True but %s holds no checkpoint; starting from iteration 0", out_dir)
+        return 0, None
+    ckpt = load_checkpoint(path)
+    history = History.from_dict(ckpt["history"])
+    if history.method != method or history.settings != settings:
+        raise ValueError(f"{path} was written by {history.method!r} with settings {history.settings}; "
+                         f"cannot resume {method!r} with settings {settings}")
+    if ckpt["iteration"] > n_iters:
+        raise ValueError(f"{path} is at iteration {ckpt['iteration']}, past n_iters={n_iters}")
+    _restore_state(state, ckpt["state"])
+    return ckpt["iteration"], history
+
+
+# ---------------------------------------------------------------- the loop
+
+def _eval_record(iteration: int, result: Any) -> dict[str, Any]:
+    """An evals entry from an EvalResult-like object or a dict with mean/std/per_seed."""
+    get = result.get if isinstance(result, dict) else lambda k: getattr(result, k)
+    return {"iteration": iteration, "mean": float(get("mean")), "std": float(get("std")),
+            "per_seed": [float(a) for a in get("per_seed")]}
+
+
+def _check_loop_args(n_iters: int, checkpoint_every: int | None, eval_every: int,
+                     out_dir: Any, resume: bool) -> None:
+    """ValueError for loop arguments out of range."""
+    for name, value, low in (("n_iters", n_iters, 0), ("eval_every", eval_every, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int)
+                                         or checkpoint_every < 1):
+        raise ValueError(f"checkpoint_every must be a positive int or None, got {checkpoint_every!r}")
+    if resume and out_dir is None:
+        raise ValueError("resume=True needs out_dir (the folder holding the checkpoints)")
+    if not resume and out_dir is not None and latest_checkpoint(out_dir) is not None:
+        raise ValueError(f"out_dir {str(out_dir)!r} already holds checkpoints of an earlier run; "
+                         f"pass resume=True to continue it, or choose an empty folder")
+
+
+def run_loop(step: Step, state: dict[str, Any], *, method: str, settings: dict[str, Any], n_iters: int,
+             out_dir: str | Path | None = None, checkpoint_every: int | None = None, resume: bool = False,
+             progress: bool = True, eval_fn: Callable[[dict[str, Any]], Any] | None = None,
+             eval_every: int = 0, callback: Callable[[int, dict[str, Any]], None] | None = None) -> History:
+    """Run step(it) for it in [start, n_iters) with progress, timing, checkpoints, resume and NaN stop.
+
+    `step(it)` does one iteration in place on the objects in `state` and returns its loss as a
+    float. Checkpoints (every `checkpoint_every` iterations, default n_iters // 20, and at the end)
+    go to `out_dir/ckpt_XXXXXXXX.pt` (the number = iterations completed) with history.json beside
+    them; none are written without `out_dir`. `resume=True` continues from the last checkpoint
+    (a fresh run refuses a folder that already holds checkpoints, so runs never mix).
+    `eval_fn(state)` (an EvalResult or a dict with mean/std/per_seed) runs every `eval_every`
+    iterations and at the end; `callback(it, state)` runs after each step(it).
+    A non-finite loss (or a state tensor with NaN/inf at a checkpoint) raises FloatingPointError
+    naming the iteration and the last good checkpoint.
+    """
+    _check_loop_args(n_iters, checkpoint_every, eval_every, out_dir, resume)
+    folder = Path(out_dir) if out_dir is not None else None
+    every = checkpoint_every or max(1, n_iters // 20)
+    start, history = _resume(folder, state, method, settings, n_iters) if resume else (0, None)
+    history = history or History(method=method, settings=dict(settings))
+    bar = tqdm(range(start, n_iters), initial=start, total=n_iters, desc=method, disable=not progress)
+    for it in bar:
+        t0 = time.perf_counter()
+        loss = float(step(it))
+        seconds = time.perf_counter() - t0
+        if not math.isfinite(loss):
+            bar.close()
+            last = history.checkpoints[-1] if history.checkpoints else "none (no checkpoint written yet)"
+            raise FloatingPointError(f"{method}: loss is {loss} at iteration {it}; last good checkpoint: {last}")
+        history.loss.append(loss)
+        history.seconds.append(seconds)
+        bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+        done = it + 1
+        if eval_fn is not None and eval_every and (done % eval_every == 0 or done == n_iters):
+            history.evals.append(_eval_record(done, eval_fn(state)))
+        if callback is not None:
+            callback(it, state)
+        if folder is not None and (done % every == 0 or done == n_iters):
+            _write_checkpoint(folder, done, state, history)
+    bar.close()
+    return history
+
+
+def _write_checkpoint(folder: Path, done: int, state: dict[str, Any], history: History) -> None:
+    """Record the checkpoint path in the history, then write the checkpoint and history.json.
+
+    A state tensor with NaN/inf (a finite loss can precede a diverged update) stops the run
+    instead of overwriting the last good checkpoint's place as the newest one.
+    """
+    for key, value in state.items():
+        if isinstance(value, Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            last = history.checkpoints[-1] if history.checkpoints else "none (no checkpoint written yet)"
+            raise FloatingPointError(f"{history.method}: state[{key!r}] holds NaN/inf after iteration {done - 1}; "
+                                     f"last good checkpoint: {last}")
+    path = checkpoint_path(folder, done)
+    history.checkpoints.append(str(path))
+    save_checkpoint(path, done, state, history)
+    history.save(folder / "history.json")
+
+
+# ---------------------------------------------------------------- initialization and result
+
+def check_ipc(dataset: Any, ipc: int, factor: int = 1) -> list[Tensor]:
+    """Validate ipc (and factor) against the class sizes; returns the per-class index tensors."""
+    if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
+        raise ValueError(f"ipc must be a positive int, got {ipc!r}")
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+        raise ValueError(f"factor must be a positive int (1 = no factoring), got {factor!r}")
+    per_class = [idx.cpu() for idx in dataset.class_indices()]
+    smallest = min(len(idx) for idx in per_class)
+    need = ipc * factor * factor
+    if need > smallest:
+        raise ValueError(f"ipc={ipc} with factor={factor} needs {need} real images per class but the smallest "
+                         f"class of {dataset.name!r} has {smallest}; allowed: ipc * factor**2 <= {smallest}")
+    return per_class
+
+
+def real_init_indices(dataset: Any, n_per_class: int, seed: int) -> Tensor:
+    """Class-balanced seeded random indices into x_train: n_per_class per class, class 0 first."""
+    per_class = check_ipc(dataset, n_per_class)
+    g = torch.Generator().manual_seed(seed)
+    return torch.cat([idx[torch.randperm(len(idx), generator=g)[:n_per_class]] for idx in per_class])
+
+
+def init_synthetic(dataset: Any, ipc: int, *, seed: int, init: str = "real", factor: int = 1,
+                   device: Any = "cpu") -> tuple[Tensor, Tensor]:
+    """Initial stored images (ipc per class, class-sorted) and hard labels, on `device`.
+
+    init "real": random real images of each class (seeded); with factor > 1 each stored image
+    holds factor**2 downsampled real images (IDC, `factor_encode`). init "noise": standard normal.
+    """
+    from ddnb.augment import factor_encode
+
+    check_ipc(dataset, ipc, factor)
+    k, ff = dataset.num_classes, factor * factor
+    labels = torch.arange(k).repeat_interleave(ipc)
+    if init == "noise":
+        g = torch.Generator().manual_seed(seed)
+        images = torch.randn((k * ipc, *dataset.image_shape), generator=g)
+    elif init == "real":
+        idx = real_init_indices(dataset, ipc * ff, seed).cpu()
+        real = dataset.x_train[idx.to(dataset.x_train.device)].detach().cpu().float()
+        images = torch.cat([_encode_class(real[c * ipc * ff:(c + 1) * ipc * ff], ipc, factor, factor_encode)
+                            for c in range(k)]) if factor > 1 else real
+    else:
+        raise ValueError(f"init must be 'real' or 'noise', got {init!r}")
+    return images.to(device).contiguous(), labels.to(device)
+
+
+def _encode_class(real: Tensor, ipc: int, factor: int, encode: Callable[[Tensor, int], Tensor]) -> Tensor:
+    """ipc stored images of one class from its ipc*factor**2 real images (tile-major order)."""
+    return encode(real.reshape(ipc, factor * factor, *real.shape[1:]).transpose(0, 1).flatten(0, 1), factor)
+
+
+def build_synset(images: Tensor, labels: Tensor, dataset: Any, *, method: str, settings: dict[str, Any],
+                 seed: int, budget: str, factor: int = 1, **extra: Any) -> Any:
+    """The result SyntheticSet (on CPU, detached) with provenance: method, params, seed, budget, versions."""
+    from ddnb.synset import SyntheticSet, make_provenance
+
+    provenance = make_provenance(method, settings, seed, budget=budget, **extra)
+    return SyntheticSet(images=images.detach().cpu().contiguous(), labels=labels.detach().cpu(),
+                        dataset=dataset.name, num_classes=dataset.num_classes,
+                        image_shape=tuple(dataset.image_shape), factor=factor, provenance=provenance)

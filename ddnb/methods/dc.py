@@ -1,0 +1,224 @@
+"""DC and DSA: Dataset Condensation with Gradient Matching (Zhao et al., ICLR 2021) and with
+Differentiable Siamese Augmentation (Zhao & Bilen, ICML 2021); paper 004 §1.2 Eq. 6.
+
+Each iteration draws a fresh randomly initialized network and alternates `outer_loop` times:
+(1) for every class c, the layer-wise distance (`ddnb.matching.gradient_distance`, the reference
+"ours" metric) between the gradient of the loss on a real batch of c and on the synthetic images
+of c, summed over classes, takes one SGD step on the images (lr 0.1, momentum 0.5); (2) the
+network trains `inner_loop` epochs on the current synthetic set (SGD lr 0.01). The loop counts
+follow the reference `get_loops(ipc)`. DSA augments the real and synthetic batch of a class with
+the same DSA parameters (siamese, one seed per class per outer step) and trains the inner network
+on per-sample DSA views, as the reference code (VICO-UoE/DatasetCondensation main.py) does.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ddnb.augment import DSA_STRATEGY, dsa, factor_decode, factor_labels
+from ddnb.matching import gradient_distance
+from ddnb.methods import register
+from ddnb.methods.base import History, build_synset, init_synthetic, run_loop, seed_iteration
+from ddnb.models import get_model
+from ddnb.utils import resolve_device
+
+# Reference get_loops (DatasetCondensation utils.py): ipc -> (outer_loop, inner_loop).
+REFERENCE_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
+METRICS = ("ours", "mse", "cos")  # ddnb.matching.gradient_distance metrics
+BN_IMAGES_PER_CLASS = 16  # reference BNSizePC: real images per class that set frozen BatchNorm statistics
+
+_COMMON = dict(arch="convnet3", lr_img=0.1, momentum=0.5, lr_net=0.01, batch_train=256, metric="ours",
+               outer_loop=None, inner_loop=None, factor=1, eval_seeds=1)
+DC_BUDGETS = {
+    "smoke": {**_COMMON, "iterations": 2, "batch_real": 16, "init": "real", "outer_loop": 2, "inner_loop": 1},
+    "cpu": {**_COMMON, "iterations": 20, "batch_real": 64, "init": "real", "outer_loop": 5, "inner_loop": 10},
+    "paper": {**_COMMON, "iterations": 1000, "batch_real": 256, "init": "noise"},
+}
+DSA_BUDGETS = {name: {**b, "dsa_strategy": DSA_STRATEGY, "init": "real"} for name, b in DC_BUDGETS.items()}
+
+
+def get_loops(ipc: int, outer_loop: int | None = None, inner_loop: int | None = None) -> tuple[int, int]:
+    """(outer_loop, inner_loop) for `ipc`: the given values, else the reference table."""
+    if outer_loop is None or inner_loop is None:
+        if ipc not in REFERENCE_LOOPS:
+            raise ValueError(f"the DC reference defines outer/inner loops only for ipc in {sorted(REFERENCE_LOOPS)}, "
+                             f"got ipc={ipc}; pass the settings outer_loop and inner_loop")
+        ref_outer, ref_inner = REFERENCE_LOOPS[ipc]
+        outer_loop = ref_outer if outer_loop is None else outer_loop
+        inner_loop = ref_inner if inner_loop is None else inner_loop
+    for name, v in (("outer_loop", outer_loop), ("inner_loop", inner_loop)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "outer_loop" else 0):
+            raise ValueError(f"{name} must be an int >= {1 if name == 'outer_loop' else 0}, got {v!r}")
+    return outer_loop, inner_loop
+
+
+# ---------------------------------------------------------------- the loss
+
+def class_gradient_distance(net: nn.Module, real: Tensor, syn: Tensor, c: int, metric: str = "ours") -> Tensor:
+    """DC loss of one class: distance between the weight gradients of CE on real and synthetic images of c."""
+    params = [p for p in net.parameters() if p.requires_grad]
+    y_real = torch.full((real.shape[0],), c, dtype=torch.long, device=real.device)
+    y_syn = torch.full((syn.shape[0],), c, dtype=torch.long, device=syn.device)
+    g_real = [g.detach() for g in torch.autograd.grad(F.cross_entropy(net(real), y_real), params)]
+    g_syn = torch.autograd.grad(F.cross_entropy(net(syn), y_syn), params, create_graph=True)
+    return gradient_distance(g_real, g_syn, metric)
+
+
+def dc_loss(net: nn.Module, real: list[Tensor], syn: list[Tensor], metric: str = "ours",
+            strategy: str | None = None, seeds: list[int] | None = None) -> Tensor:
+    """Sum over classes of the DC distance; with a DSA strategy both batches of class c use seeds[c]."""
+    if strategy and (seeds is None or len(seeds) != len(real)):
+        raise ValueError(f"DSA needs one seed per class ({len(real)}), got {seeds!r}")
+    total = syn[0].new_zeros(())
+    for c, (r, s) in enumerate(zip(real, syn)):
+        if strategy:
+            r, s = dsa(r, strategy, seed=seeds[c]), dsa(s, strategy, seed=seeds[c])
+        total = total + class_gradient_distance(net, r, s, c, metric)
+    return total
+
+
+def syn_per_class(images: Tensor, ipc: int, num_classes: int, factor: int, image_size: int) -> list[Tensor]:
+    """The decoded synthetic images of each class from class-sorted stored images (ipc per class)."""
+    parts = [images[c * ipc:(c + 1) * ipc] for c in range(num_classes)]
+    return [factor_decode(p, factor, image_size) for p in parts] if factor > 1 else parts
+
+
+def real_per_class(dataset: Any, n: int, generator: torch.Generator) -> list[Tensor]:
+    """Up to n random real images of each class (the whole class when it is smaller, as the reference)."""
+    sizes = [len(idx) for idx in dataset.class_indices()]
+    return [dataset.sample_class(c, min(n, sizes[c]), generator) for c in range(dataset.num_classes)]
+
+
+# ---------------------------------------------------------------- the network
+
+def freeze_batchnorm(net: nn.Module, dataset: Any, generator: torch.Generator) -> None:
+    """Set BatchNorm statistics from a real batch and freeze them (reference; no-op without BatchNorm)."""
+    bns = [m for m in net.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d))]
+    if not bns:
+        return
+    net.train()
+    with torch.no_grad():
+        net(torch.cat(real_per_class(dataset, BN_IMAGES_PER_CLASS, generator)))
+    for m in bns:
+        m.eval()
+
+
+def train_on_synthetic(net: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor, epochs: int,
+                       batch_size: int, strategy: str | None = None) -> None:
+    """The inner loop: `epochs` passes of SGD on the (detached) synthetic set, shuffled by the global RNG."""
+    for _ in range(epochs):
+        perm = torch.randperm(x.shape[0]).to(x.device)
+        for lo in range(0, x.shape[0], batch_size):
+            idx = perm[lo:lo + batch_size]
+            xb = dsa(x[idx], strategy) if strategy else x[idx]
+            loss = F.cross_entropy(net(xb), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+
+# ---------------------------------------------------------------- the entry points
+
+def _check_settings(s: dict[str, Any], name: str) -> None:
+    """ValueError for out-of-range DC/DSA settings."""
+    for key in ("iterations", "batch_real", "batch_train", "factor", "eval_seeds"):
+        v = s[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < (0 if key == "iterations" else 1):
+            raise ValueError(f"{name} setting {key} must be a positive int, got {v!r}")
+    if s["metric"] not in METRICS:
+        raise ValueError(f"{name} setting metric must be one of {METRICS}, got {s['metric']!r}")
+    if not s["lr_img"] > 0 or not s["lr_net"] > 0 or not 0 <= s["momentum"] < 1:
+        raise ValueError(f"{name} needs lr_img > 0, lr_net > 0 and 0 <= momentum < 1, got "
+                         f"{s['lr_img']!r}, {s['lr_net']!r}, {s['momentum']!r}")
+
+
+def _eval_fn(images: Tensor, labels: Tensor, dataset: Any, s: dict[str, Any], name: str, seed: int, budget: str,
+             device: torch.device, strategy: str | None) -> Callable[[dict[str, Any]], Any]:
+    """In-loop evaluation: `eval_seeds` ConvNets trained on the current set (DC protocol; DSA when DSA)."""
+    from ddnb.train import evaluate_synset
+
+    def run(state: dict[str, Any]) -> Any:
+        synset = build_synset(images, labels, dataset, method=name, settings=s, seed=seed, budget=budget,
+                              factor=s["factor"])
+        return evaluate_synset(synset, dataset, arch=s["arch"], seeds=s["eval_seeds"], dsa=strategy or False,
+                               device=device, progress=False)
+
+    return run
+
+
+def _gradient_matching(name: str, strategy: str | None, dataset: Any, ipc: int, *, seed: int, device: Any,
+                       budget: str, settings: dict[str, Any], out_dir: Any, resume: bool, progress: bool,
+                       checkpoint_every: int | None, eval_every: int,
+                       callback: Callable[[int, dict[str, Any]], None] | None) -> tuple[Any, History]:
+    """The DC/DSA loop shared by both entry points (strategy None = DC)."""
+    s = settings
+    _check_settings(s, name)
+    outer, inner = get_loops(ipc, s["outer_loop"], s["inner_loop"])
+    dev = resolve_device(device)
+    data = dataset.to(dev) if dataset.x_train.device != dev else dataset
+    images, labels = init_synthetic(data, ipc, seed=seed, init=s["init"], factor=s["factor"], device=dev)
+    images.requires_grad_(True)
+    opt_img = torch.optim.SGD([images], lr=s["lr_img"], momentum=s["momentum"])
+    k, (ch, size, _) = data.num_classes, data.image_shape
+    y_train = factor_labels(labels, s["factor"]) if s["factor"] > 1 else labels
+
+    def x_train() -> Tensor:
+        """The decoded synthetic set in factor_labels order, detached for the inner loop."""
+        x = images.detach()
+        return factor_decode(x, s["factor"], size) if s["factor"] > 1 else x
+
+    def step(it: int) -> float:
+        g = seed_iteration(seed, it)
+        net = get_model(s["arch"], ch, k, size).to(dev)
+        net.train()
+        opt_net = torch.optim.SGD(net.parameters(), lr=s["lr_net"])
+        total = 0.0
+        for ol in range(outer):
+            freeze_batchnorm(net, data, g)
+            real = real_per_class(data, s["batch_real"], g)
+            seeds = torch.randint(0, 2**31 - 1, (k,), generator=g).tolist() if strategy else None
+            loss = dc_loss(net, real, syn_per_class(images, ipc, k, s["factor"], size), s["metric"], strategy, seeds)
+            opt_img.zero_grad(set_to_none=True)
+            loss.backward(inputs=[images])
+            opt_img.step()
+            total += loss.item()
+            if ol < outer - 1:
+                train_on_synthetic(net, opt_net, x_train(), y_train, inner, s["batch_train"], strategy)
+        return total / (k * outer)
+
+    evaluate = _eval_fn(images, labels, data, s, name, seed, budget, dev, strategy) if eval_every else None
+    history = run_loop(step, {"images": images, "optimizer": opt_img}, method=name, settings=s,
+                       n_iters=s["iterations"], out_dir=out_dir, checkpoint_every=checkpoint_every, resume=resume,
+                       progress=progress, eval_fn=evaluate, eval_every=eval_every, callback=callback)
+    return build_synset(images, labels, data, method=name, settings=s, seed=seed, budget=budget,
+                        factor=s["factor"]), history
+
+
+@register("dc", "distill", budgets=DC_BUDGETS,
+          paper="DC (Zhao et al., ICLR 2021) Tab. 1 / VICO-UoE/DatasetCondensation main.py defaults "
+                "(Iteration 1000, lr_img 0.1, lr_net 0.01, batch_real 256, get_loops(ipc), init noise)")
+def dc(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, settings: dict[str, Any],
+       out_dir: Any = None, resume: bool = False, progress: bool = True, checkpoint_every: int | None = None,
+       eval_every: int = 0, callback: Callable[[int, dict[str, Any]], None] | None = None
+       ) -> tuple[Any, History]:
+    """DC: match per-class weight gradients of real and synthetic batches along a network's training."""
+    return _gradient_matching("dc", None, dataset, ipc, seed=seed, device=device, budget=budget, settings=settings,
+                              out_dir=out_dir, resume=resume, progress=progress, checkpoint_every=checkpoint_every,
+                              eval_every=eval_every, callback=callback)
+
+
+@register("dsa", "distill", budgets=DSA_BUDGETS,
+          paper="DSA (Zhao & Bilen, ICML 2021) Tab. 1 / DatasetCondensation main.py --method DSA "
+                "--init real --dsa_strategy color_crop_cutout_flip_scale_rotate (other settings as DC)")
+def dsa_method(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, settings: dict[str, Any],
+               out_dir: Any = None, resume: bool = False, progress: bool = True, checkpoint_every: int | None = None,
+               eval_every: int = 0, callback: Callable[[int, dict[str, Any]], None] | None = None
+               ) -> tuple[Any, History]:
+    """DSA: DC with the same (siamese) differentiable augmentation on the real and synthetic batch of a class."""
+    strategy = settings["dsa_strategy"]
+    return _gradient_matching("dsa", strategy, dataset, ipc, seed=seed, device=device, budget=budget,
+                              settings=settings, out_dir=out_dir, resume=resume, progress=progress,
+                              checkpoint_every=checkpoint_every, eval_every=eval_every, callback=callback)

@@ -1,0 +1,218 @@
+"""DM: Dataset Condensation with Distribution Matching (Zhao & Bilen, WACV 2023).
+
+Each iteration draws a fresh randomly initialized ConvNet and, for every class c, pulls the mean
+embedding of the synthetic images of c toward the mean embedding of a batch of real images of c
+(paper 001 Eq. 2; paper 004 §1.2), both augmented by DSA with the same parameters per class
+(siamese). The loss is the sum over classes of ||mean f(real_c) - mean f(syn_c)||^2; the images
+take one SGD step (reference: lr 1.0, momentum 0.5, 20,000 iterations, 256 real images per class).
+
+Fast by design, with the same loss as the reference's per-class loop (see tests/test_dm.py):
+real features run under inference mode (no autograd graph) in chunks of whole classes; the
+synthetic images of all classes go through ONE forward pass (the ConvNet normalizes per sample,
+so batching classes changes nothing); inputs are channels_last; the per-iteration network is
+copied into one persistent module, so a compiled embed (setting `compile`) is never recompiled.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from ddnb.augment import DSA_STRATEGY, dsa, factor_decode, factor_labels
+from ddnb.methods import register
+from ddnb.methods.base import History, build_synset, init_synthetic, run_loop, seed_iteration
+from ddnb.models import get_model
+from ddnb.utils import resolve_device
+
+log = logging.getLogger(__name__)
+
+_COMMON = dict(arch="convnet3", lr_img=1.0, momentum=0.5, dsa=True, dsa_strategy=DSA_STRATEGY, init="real",
+               factor=1, channels_last=True, compile=False, real_chunk=256, eval_seeds=1)
+BUDGETS = {
+    "smoke": {**_COMMON, "iterations": 20, "batch_real": 32},
+    "cpu": {**_COMMON, "iterations": 500, "batch_real": 128},
+    "paper": {**_COMMON, "iterations": 20_000, "batch_real": 256},
+}
+Embed = Callable[[Tensor], Tensor]
+
+
+# ---------------------------------------------------------------- the loss, batched
+
+def class_seeds(generator: torch.Generator, num_classes: int) -> list[int]:
+    """One DSA seed per class for this iteration (shared by the real and synthetic batch: siamese)."""
+    return torch.randint(0, 2**31 - 1, (num_classes,), generator=generator).tolist()
+
+
+def _augment(x: Tensor, seed: int, strategy: str | None) -> Tensor:
+    """DSA with the class's seed, or x itself when augmentation is off."""
+    return dsa(x, strategy, seed=seed) if strategy else x
+
+
+def _to_format(x: Tensor, channels_last: bool) -> Tensor:
+    """The embed input layout: channels_last (faster convolutions on CPU) or contiguous."""
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def _class_means(feats: Tensor, sizes: list[int]) -> Tensor:
+    """(K, D) means of consecutive row blocks of the given sizes (one block per class)."""
+    if len(set(sizes)) == 1:
+        return feats.reshape(len(sizes), sizes[0], -1).mean(1)
+    return torch.stack([f.mean(0) for f in feats.split(sizes)])
+
+
+def _chunks(sizes: list[int], chunk: int) -> list[range]:
+    """Consecutive class ranges holding at most `chunk` images each (at least one class per range)."""
+    out, lo, total = [], 0, 0
+    for c, n in enumerate(sizes):
+        if c > lo and total + n > chunk:
+            out.append(range(lo, c))
+            lo, total = c, 0
+        total += n
+    return [*out, range(lo, len(sizes))]
+
+
+def real_class_means(embed: Embed, real: list[Tensor], seeds: list[int], strategy: str | None,
+                     chunk: int, channels_last: bool = True) -> Tensor:
+    """Mean embedding (K, D) of each class's augmented real batch, without autograd, in class chunks."""
+    sizes = [r.shape[0] for r in real]
+    means = []
+    with torch.inference_mode():
+        for cls in _chunks(sizes, chunk):
+            x = torch.cat([_augment(real[c], seeds[c], strategy) for c in cls])
+            means.append(_class_means(embed(_to_format(x, channels_last)), sizes[cls.start:cls.stop]))
+    return torch.cat(means).clone()  # a normal tensor: usable in the autograd graph of the loss
+
+
+def syn_class_means(embed: Embed, syn: list[Tensor], seeds: list[int], strategy: str | None,
+                    channels_last: bool = True) -> Tensor:
+    """Mean embedding (K, D) of each class's augmented synthetic images: all classes in one forward."""
+    x = torch.cat([_augment(s, seeds[c], strategy) for c, s in enumerate(syn)])
+    return _class_means(embed(_to_format(x, channels_last)), [s.shape[0] for s in syn])
+
+
+def dm_loss(mean_real: Tensor, mean_syn: Tensor) -> Tensor:
+    """Sum over classes of the squared distance between real and synthetic mean embeddings."""
+    return ((mean_real - mean_syn) ** 2).sum()
+
+
+def syn_by_class(images: Tensor, labels: Tensor, num_classes: int, factor: int, image_size: int) -> list[Tensor]:
+    """The decoded synthetic images of each class (factor > 1: IDC tiles upsampled), class 0 first."""
+    if factor > 1:
+        images, labels = factor_decode(images, factor, image_size), factor_labels(labels, factor)
+    return [images[labels == c] for c in range(num_classes)]
+
+
+def sample_real(dataset: Any, n: int, generator: torch.Generator) -> list[Tensor]:
+    """n random real images of every class, drawn with `generator` (class-balanced)."""
+    return [dataset.sample_class(c, n, generator) for c in range(dataset.num_classes)]
+
+
+# ---------------------------------------------------------------- the network
+
+class FreshNet:
+    """A persistent ConvNet whose weights are replaced by a freshly initialized network each iteration.
+
+    The embed function is built once (optionally with torch.compile), so a new network costs a
+    parameter copy, not a recompilation.
+    """
+
+    def __init__(self, arch: str, dataset: Any, device: torch.device, channels_last: bool, compile: bool):
+        self.arch, self.dataset, self.device = arch, dataset, device
+        self.net = self._build().to(device)
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.net.requires_grad_(False)
+        self.embed: Embed = self._compiled() if compile else self.net.embed
+
+    def _build(self) -> nn.Module:
+        c, h, _ = self.dataset.image_shape
+        return get_model(self.arch, c, self.dataset.num_classes, h)
+
+    def _compiled(self) -> Embed:
+        """torch.compile of embed that falls back to eager (with a warning) if compilation fails."""
+        compiled = torch.compile(self.net.embed, dynamic=False)
+        state = {"fn": compiled}
+
+        def embed(x: Tensor) -> Tensor:
+            try:
+                return state["fn"](x)
+            except Exception as exc:  # noqa: BLE001 - a backend failure (no compiler, ...) means: run eagerly
+                if state["fn"] is not compiled:
+                    raise
+                log.warning("torch.compile failed (%s: %s); DM runs eagerly", type(exc).__name__, exc)
+                state["fn"] = self.net.embed
+                return self.net.embed(x)
+
+        return embed
+
+    def renew(self) -> None:
+        """Load the weights of a freshly initialized network (drawn from the global torch RNG)."""
+        fresh = self._build().state_dict()
+        with torch.no_grad():
+            for name, t in self.net.state_dict().items():
+                t.copy_(fresh[name])
+
+
+# ---------------------------------------------------------------- the entry point
+
+def _check_settings(s: dict[str, Any]) -> None:
+    """ValueError for out-of-range DM settings."""
+    for key in ("iterations", "batch_real", "real_chunk", "factor", "eval_seeds"):
+        v = s[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < (0 if key == "iterations" else 1):
+            raise ValueError(f"DM setting {key} must be a positive int, got {v!r}")
+    if not s["lr_img"] > 0 or not 0 <= s["momentum"] < 1:
+        raise ValueError(f"DM needs lr_img > 0 and 0 <= momentum < 1, got {s['lr_img']!r}, {s['momentum']!r}")
+
+
+def _eval_fn(images: Tensor, labels: Tensor, dataset: Any, settings: dict[str, Any], seed: int,
+             budget: str, device: torch.device) -> Callable[[dict[str, Any]], Any]:
+    """In-loop evaluation: `eval_seeds` ConvNets trained on the current set (the DM protocol, with DSA)."""
+    from ddnb.train import evaluate_synset
+
+    def run(state: dict[str, Any]) -> Any:
+        synset = build_synset(images, labels, dataset, method="dm", settings=settings, seed=seed,
+                              budget=budget, factor=settings["factor"])
+        return evaluate_synset(synset, dataset, arch=settings["arch"], seeds=settings["eval_seeds"],
+                               dsa=settings["dsa"], device=device, progress=False)
+
+    return run
+
+
+@register("dm", "distill", budgets=BUDGETS,
+          paper="DM (Zhao & Bilen, WACV 2023) reference code; 001 §4.1 / Tab. 1")
+def dm(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, settings: dict[str, Any],
+       out_dir: Any = None, resume: bool = False, progress: bool = True, checkpoint_every: int | None = None,
+       eval_every: int = 0, callback: Callable[[int, dict[str, Any]], None] | None = None
+       ) -> tuple[Any, History]:
+    """DM: match class-wise mean embeddings of real and synthetic images under fresh random ConvNets."""
+    _check_settings(settings)
+    s, dev = settings, resolve_device(device)
+    data = dataset.to(dev) if dataset.x_train.device != dev else dataset
+    images, labels = init_synthetic(data, ipc, seed=seed, init=s["init"], factor=s["factor"], device=dev)
+    images = _to_format(images, s["channels_last"]).requires_grad_(True)
+    opt = torch.optim.SGD([images], lr=s["lr_img"], momentum=s["momentum"])
+    fresh = FreshNet(s["arch"], data, dev, s["channels_last"], s["compile"])
+    strategy = s["dsa_strategy"] if s["dsa"] else None
+
+    def step(it: int) -> float:
+        g = seed_iteration(seed, it)
+        fresh.renew()
+        real = sample_real(data, s["batch_real"], g)
+        seeds = class_seeds(g, data.num_classes)
+        mean_real = real_class_means(fresh.embed, real, seeds, strategy, s["real_chunk"], s["channels_last"])
+        syn = syn_by_class(images, labels, data.num_classes, s["factor"], data.image_size)
+        loss = dm_loss(mean_real, syn_class_means(fresh.embed, syn, seeds, strategy, s["channels_last"]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    evaluate = _eval_fn(images, labels, data, s, seed, budget, dev) if eval_every else None
+    history = run_loop(step, {"images": images, "optimizer": opt}, method="dm", settings=s,
+                       n_iters=s["iterations"], out_dir=out_dir, checkpoint_every=checkpoint_every, resume=resume,
+                       progress=progress, eval_fn=evaluate, eval_every=eval_every, callback=callback)
+    return build_synset(images, labels, data, method="dm", settings=s, seed=seed, budget=budget,
+                        factor=s["factor"]), history

@@ -1,0 +1,462 @@
+"""IDC, DREAM and DREAM+ (paper 002, Liu et al.): gradient matching on the IDC base, with
+representative sampling, bidirectional matching and cluster-centre initialization.
+
+The IDC base (Kim et al., ICML 2022; snu-mllab/Efficient-Dataset-Condensation `condense.py`):
+every iteration draws a fresh ConvNet and trains it on real data (DREAM+: one epoch, setting
+`warmup_data`); then `inner_loops` times: for every class c, a real batch and the decoded
+synthetic images of c (factor x factor tiles per stored image, upsampled) get the same
+differentiable augmentation and the images take one SGD step on the matching loss; then the
+network trains on `net_data` random real images (per-sample augmentation, CutMix with p 0.5).
+The matching loss sums, over conv weights only (biases, norms and the classifier are skipped),
+the distance D between the gradients of cross-entropy on the real and synthetic batch.
+D is the summed squared error ("mse") or summed absolute error ("mae"; MNIST-like data, 002 §4.1).
+
+DREAM (002 §3.3) changes where the real batch comes from: `ddnb.sampling.DreamSampler` (k-means
+of the class in the network's embedding, the samples nearest the centres, re-clustered every
+`interval` inner steps) and initializes each class with the real images nearest the centres of
+ipc * factor**2 clusters. DREAM+ adds the feature term: D between the mean embeddings of the
+real and synthetic batch, taken from the same forward pass as the gradient term.
+Registered as "idc" (random sampling, gradient term, random real init), "dream" and "dream+";
+every piece is a setting, so `distill("idc", ..., sampler="dream")` is DREAM without cluster init.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ddnb.augment import cutmix, dsa, factor_decode, factor_encode, factor_labels
+from ddnb.methods import register
+from ddnb.methods.base import History, build_synset, check_ipc, init_synthetic, run_loop, seed_iteration
+from ddnb.models import get_model
+from ddnb.sampling import (KMEANS_BACKENDS, SAMPLERS, DreamSampler, RandomSampler, centre_boundary_split, coverage,
+                           embed_images, per_sample_grad_norms, representatives, sampler_from_settings)
+from ddnb.utils import resolve_device
+
+METRICS = ("mse", "mae")
+MATCHES = ("grad", "bidirectional")
+INITS = ("kmeans", "real", "noise")
+MNIST_LIKE = ("digits", "mnist", "fashion_mnist")  # MAE and the small image lr (002 §4.1, IDC reproduce.py)
+LR_IMG = {"mse": 5e-3, "mae": 1e-4}  # IDC / DREAM reproduce settings, before IDC's ipc and size scaling
+INIT_SEED_OFFSET = 7_777_777  # seeds the network of the k-means init apart from every iteration's
+NET_AUG = "color_crop"  # IDC's network-update augmentation (its matching strategy minus cutout, CutMix on)
+
+_COMMON: dict[str, Any] = dict(
+    arch="convnet3", factor=2, batch_real=128, batch_syn_max=128, per_cluster=1, interval=10, pool=None,
+    kmeans_backend="torch", kmeans_iters=100, feature_weight=1.0, metric=None, lr_img=None, momentum_img=0.5,
+    aug="color_crop_cutout", lr_net=0.01, momentum_net=0.9, weight_decay_net=5e-4, net_batch=64,
+    net_data=500, warmup_data=None, cutmix_prob=0.5, eval_seeds=1, eval_epochs=None)
+_SCALE: dict[str, dict[str, Any]] = {
+    "smoke": dict(iterations=2, inner_loops=1, batch_real=16, interval=1, pool=64, kmeans_iters=20,
+                  net_data=64, warmup_data=128, eval_epochs=4),
+    "cpu": dict(iterations=8, inner_loops=4, batch_real=32, interval=4, pool=256, kmeans_iters=50,
+                net_data=128, warmup_data=1000, eval_epochs=50),
+    "paper": dict(iterations=1200, inner_loops=100),
+}
+_VARIANTS = {
+    "idc": dict(sampler="random", match="grad", init="real"),
+    "dream": dict(sampler="dream", match="grad", init="kmeans"),
+    "dream+": dict(sampler="dream", match="bidirectional", init="kmeans"),
+}
+BUDGETS = {name: {b: {**_COMMON, **scale, **variant} for b, scale in _SCALE.items()}
+           for name, variant in _VARIANTS.items()}
+# Notebook 03's measurements per budget: in-loop evaluations per run (accuracy curves), steps and
+# real images per class of the sampler trace (Fig. 2b, 1a/5, 8). The distillations use BUDGETS.
+ANALYSIS: dict[str, dict[str, int]] = {
+    "smoke": dict(curve_points=2, trace_steps=6, trace_pool=40),
+    "cpu": dict(curve_points=4, trace_steps=20, trace_pool=200),
+    "paper": dict(curve_points=12, trace_steps=100, trace_pool=1000),
+}
+
+
+# ---------------------------------------------------------------- settings
+
+def resolve_metric(metric: str | None, dataset_name: str) -> str:
+    """The distance D: the given one, else MAE for MNIST-like data and MSE otherwise (002 §4.1)."""
+    if metric is None:
+        return "mae" if dataset_name in MNIST_LIKE else "mse"
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS} or None (by dataset), got {metric!r}")
+    return metric
+
+
+def resolve_lr_img(lr_img: float | None, metric: str, ipc: int, image_size: int) -> float:
+    """Image lr: the given one, else IDC's (5e-3 MSE, 1e-4 MAE) scaled as IDC's tune_lr_img: x ipc/10 x (size/32)^2."""
+    if lr_img is not None:
+        if not lr_img > 0:
+            raise ValueError(f"lr_img must be > 0 or None (IDC's default), got {lr_img!r}")
+        return float(lr_img)
+    return LR_IMG[metric] * (ipc / 10) * (image_size / 32) ** 2
+
+
+def _check_settings(s: dict[str, Any], name: str) -> None:
+    """ValueError for settings out of range or not among the allowed choices."""
+    for key in ("iterations", "inner_loops", "factor", "batch_real", "batch_syn_max", "per_cluster", "interval",
+                "kmeans_iters", "net_batch", "net_data", "eval_seeds"):
+        v = s[key]
+        low = 0 if key in ("iterations", "net_data") else 1
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ValueError(f"{name} setting {key} must be an int >= {low}, got {v!r}")
+    for key, allowed in (("sampler", SAMPLERS), ("match", MATCHES), ("init", INITS),
+                         ("kmeans_backend", KMEANS_BACKENDS)):
+        if s[key] not in allowed:
+            raise ValueError(f"{name} setting {key} must be one of {allowed}, got {s[key]!r}")
+    if not s["feature_weight"] >= 0 or not 0 <= s["cutmix_prob"] <= 1:
+        raise ValueError(f"{name} needs feature_weight >= 0 and 0 <= cutmix_prob <= 1, got "
+                         f"{s['feature_weight']!r}, {s['cutmix_prob']!r}")
+
+
+# ---------------------------------------------------------------- the loss
+
+def distance(a: Tensor, b: Tensor, metric: str) -> Tensor:
+    """IDC's D: summed squared error ("mse") or summed absolute error ("mae") between two tensors."""
+    if metric == "mse":
+        return ((a - b) ** 2).sum()
+    if metric == "mae":
+        return (a - b).abs().sum()
+    raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+
+
+def matched_parameters(net: nn.Module) -> list[nn.Parameter]:
+    """The parameters IDC matches gradients of: conv weights (bias, norm and linear layers skipped)."""
+    convs = [p for p in net.parameters() if p.dim() > 2]
+    return convs or [p for p in net.parameters() if p.dim() == 2]
+
+
+def bidirectional_loss(net: nn.Module, real: Tensor, syn: Tensor, y_real: Tensor, y_syn: Tensor, *,
+                       metric: str = "mse", feature_weight: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+    """DREAM+ loss of one class: (grad term + feature_weight * feature term, grad term, feature term).
+
+    Gradient term: D between the conv-weight gradients of CE on the real and synthetic batch.
+    Feature term: D between the mean embeddings of the two batches, from the same forward pass.
+    Differentiable in `syn`; the network's own .grad fields are left untouched.
+    """
+    params = matched_parameters(net)
+    f_real = net.embed(real)
+    g_real = torch.autograd.grad(F.cross_entropy(net.classifier(f_real), y_real), params)
+    f_syn = net.embed(syn)
+    g_syn = torch.autograd.grad(F.cross_entropy(net.classifier(f_syn), y_syn), params, create_graph=True)
+    grad_term = sum(distance(gr.detach(), gs, metric) for gr, gs in zip(g_real, g_syn))
+    feat_term = distance(f_real.detach().mean(0), f_syn.mean(0), metric)
+    return grad_term + feature_weight * feat_term, grad_term, feat_term
+
+
+# ---------------------------------------------------------------- initialization
+
+def kmeans_init_indices(dataset: Any, model: nn.Module, n_per_class: int, *, backend: str = "torch",
+                        pool: int | None = None, seed: int = 0) -> Tensor:
+    """Per class, the x_train indices of the real images nearest the centres of n_per_class k-means clusters.
+
+    Clusters the model's embeddings of the class (or of a seeded random `pool` of it) with k-means seed
+    seed * 1009 + c for class c; class 0 first.
+    """
+    per_class = check_ipc(dataset, n_per_class)
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for c, idx in enumerate(per_class):
+        if pool is not None and pool < len(idx):
+            idx = idx[torch.randperm(len(idx), generator=g)[:pool]]
+        local = representatives(model, dataset.x_train[idx.to(dataset.x_train.device)], n_per_class,
+                                backend=backend, seed=seed * 1009 + c)
+        out.append(idx[local.cpu()])
+    return torch.cat(out)
+
+
+def encode_per_class(real: Tensor, num_classes: int, ipc: int, factor: int) -> Tensor:
+    """Stored images from class-sorted real images (ipc*factor**2 per class): IDC's factored init."""
+    if factor == 1:
+        return real
+    ff = factor * factor
+    parts = []
+    for c in range(num_classes):
+        block = real[c * ipc * ff:(c + 1) * ipc * ff]
+        parts.append(factor_encode(block.reshape(ipc, ff, *block.shape[1:]).transpose(0, 1).flatten(0, 1), factor))
+    return torch.cat(parts)
+
+
+# ---------------------------------------------------------------- the network
+
+def fresh_network(arch: str, dataset: Any, s: dict[str, Any], device: torch.device
+                  ) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """A new randomly initialized network (global RNG) and its SGD optimizer (IDC: lr 0.01, mom 0.9, wd 5e-4)."""
+    c, h, _ = dataset.image_shape
+    net = get_model(arch, c, dataset.num_classes, h).to(device)
+    net.train()
+    opt = torch.optim.SGD(net.parameters(), lr=s["lr_net"], momentum=s["momentum_net"],
+                          weight_decay=s["weight_decay_net"])
+    return net, opt
+
+
+def train_on_real(net: nn.Module, opt: torch.optim.Optimizer, dataset: Any, n: int | None, batch_size: int,
+                  cutmix_prob: float, generator: torch.Generator) -> None:
+    """One pass of SGD over n random real images (None: all), IDC's per-sample augmentation and CutMix."""
+    total = dataset.x_train.shape[0]
+    n = total if n is None else min(n, total)
+    perm = torch.randperm(total, generator=generator)[:n].to(dataset.x_train.device)
+    for lo in range(0, n, batch_size):
+        idx = perm[lo:lo + batch_size]
+        x, y = dsa(dataset.x_train[idx], NET_AUG), dataset.y_train[idx]
+        if float(torch.rand((), generator=generator)) < cutmix_prob:
+            x, ya, yb, lam = cutmix(x, y, generator=generator)
+            out = net(x)
+            loss = lam * F.cross_entropy(out, ya) + (1 - lam) * F.cross_entropy(out, yb)
+        else:
+            loss = F.cross_entropy(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
+# ---------------------------------------------------------------- the loop
+
+def pixel_bounds(dataset: Any, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Per-channel (1,C,1,1) bounds of valid pixels [0, 1] in the dataset's normalized space."""
+    mean = torch.tensor(dataset.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(dataset.std, device=device).view(1, -1, 1, 1)
+    return (0 - mean) / std, (1 - mean) / std
+
+
+def initial_images(data: Any, ipc: int, s: dict[str, Any], seed: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Stored images and labels: k-means centres under a warmed-up network (DREAM), or base.init_synthetic."""
+    if s["init"] != "kmeans":
+        return init_synthetic(data, ipc, seed=seed, init=s["init"], factor=s["factor"], device=device)
+    g = torch.Generator().manual_seed(seed + INIT_SEED_OFFSET)
+    torch.manual_seed(seed + INIT_SEED_OFFSET)
+    net, opt = fresh_network(s["arch"], data, s, device)
+    train_on_real(net, opt, data, s["warmup_data"], s["net_batch"], s["cutmix_prob"], g)
+    idx = kmeans_init_indices(data, net, ipc * s["factor"] ** 2, backend=s["kmeans_backend"], pool=s["pool"],
+                              seed=seed)
+    real = data.x_train[idx.to(data.x_train.device)].detach().float()
+    images = encode_per_class(real, data.num_classes, ipc, s["factor"])
+    labels = torch.arange(data.num_classes).repeat_interleave(ipc)
+    return images.to(device).contiguous(), labels.to(device)
+
+
+def _syn_class(images: Tensor, c: int, ipc: int, factor: int, size: int, max_size: int,
+               g: torch.Generator) -> Tensor:
+    """The decoded synthetic images of class c, randomly subsampled to at most max_size (IDC)."""
+    x = images[c * ipc:(c + 1) * ipc]
+    x = factor_decode(x, factor, size) if factor > 1 else x
+    if x.shape[0] > max_size:
+        x = x[torch.randperm(x.shape[0], generator=g)[:max_size].to(x.device)]
+    return x
+
+
+def _eval_fn(images: Tensor, labels: Tensor, data: Any, s: dict[str, Any], name: str, seed: int, budget: str,
+             device: torch.device) -> Callable[[dict[str, Any]], Any]:
+    """In-loop evaluation of the current set: DSA + CutMix training as IDC's evaluation (DC protocol lr)."""
+    from ddnb.train import evaluate_synset
+
+    def run(state: dict[str, Any]) -> Any:
+        synset = build_synset(images, labels, data, method=name, settings=s, seed=seed, budget=budget,
+                              factor=s["factor"])
+        return evaluate_synset(synset, data, arch=s["arch"], seeds=s["eval_seeds"], epochs=s["eval_epochs"],
+                               dsa=True, device=device, progress=False, cutmix_alpha=1.0,
+                               cutmix_prob=s["cutmix_prob"])
+
+    return run
+
+
+def _distill(name: str, dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, settings: dict[str, Any],
+             out_dir: Any, resume: bool, progress: bool, checkpoint_every: int | None, eval_every: int,
+             callback: Callable[[int, dict[str, Any]], None] | None) -> tuple[Any, History]:
+    """The IDC/DREAM/DREAM+ loop shared by the three entry points."""
+    s = settings
+    _check_settings(s, name)
+    check_ipc(dataset, ipc, s["factor"])
+    dev = resolve_device(device)
+    data = dataset.to(dev) if dataset.x_train.device != dev else dataset
+    metric = resolve_metric(s["metric"], data.name)
+    images, labels = initial_images(data, ipc, s, seed, dev)
+    images.requires_grad_(True)
+    opt_img = torch.optim.SGD([images], lr=resolve_lr_img(s["lr_img"], metric, ipc, data.image_size),
+                              momentum=s["momentum_img"])
+    sampler = sampler_from_settings(s, data, s["batch_real"], seed)
+    lo, hi = pixel_bounds(data, dev)
+    k, size, inner = data.num_classes, data.image_size, s["inner_loops"]
+    weight = s["feature_weight"] if s["match"] == "bidirectional" else 0.0
+    state: dict[str, Any] = {"images": images, "optimizer": opt_img, "sampler": sampler,
+                             "grad_term": 0.0, "feature_term": 0.0}
+
+    def step(it: int) -> float:
+        g = seed_iteration(seed, it)
+        net, opt_net = fresh_network(s["arch"], data, s, dev)
+        train_on_real(net, opt_net, data, s["warmup_data"], s["net_batch"], s["cutmix_prob"], g)
+        sampler.bind(net)
+        with torch.no_grad():
+            images.copy_(torch.maximum(torch.minimum(images, hi), lo))
+        total, grad_sum, feat_sum = 0.0, 0.0, 0.0
+        for ot in range(inner):
+            for c in range(k):
+                real = sampler.sample(c, it * inner + ot)
+                syn = _syn_class(images, c, ipc, s["factor"], size, s["batch_syn_max"], g)
+                x = dsa(torch.cat([real, syn]), s["aug"], seed=int(torch.randint(2**31 - 1, (1,), generator=g)))
+                y = torch.full((x.shape[0],), c, dtype=torch.long, device=dev)
+                n = real.shape[0]
+                loss, grad_term, feat_term = bidirectional_loss(net, x[:n], x[n:], y[:n], y[n:], metric=metric,
+                                                                feature_weight=weight)
+                opt_img.zero_grad(set_to_none=True)
+                loss.backward(inputs=[images])
+                opt_img.step()
+                total, grad_sum, feat_sum = total + loss.item(), grad_sum + grad_term.item(), feat_sum + feat_term.item()
+            if s["net_data"]:
+                train_on_real(net, opt_net, data, s["net_data"], s["net_batch"], s["cutmix_prob"], g)
+        state["grad_term"], state["feature_term"] = grad_sum / (k * inner), feat_sum / (k * inner)
+        return total / (k * inner)
+
+    evaluate = _eval_fn(images, labels, data, s, name, seed, budget, dev) if eval_every else None
+    history = run_loop(step, state, method=name, settings=s, n_iters=s["iterations"], out_dir=out_dir,
+                       checkpoint_every=checkpoint_every, resume=resume, progress=progress, eval_fn=evaluate,
+                       eval_every=eval_every, callback=callback)
+    return build_synset(images, labels, data, method=name, settings=s, seed=seed, budget=budget, factor=s["factor"],
+                        metric=metric), history
+
+
+def _entry(name: str) -> Callable[..., tuple[Any, History]]:
+    """The registered entry point of one variant (same signature as every ddnb distill method)."""
+
+    def run(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, settings: dict[str, Any],
+            out_dir: Any = None, resume: bool = False, progress: bool = True, checkpoint_every: int | None = None,
+            eval_every: int = 0, callback: Callable[[int, dict[str, Any]], None] | None = None
+            ) -> tuple[Any, History]:
+        return _distill(name, dataset, ipc, seed=seed, device=device, budget=budget, settings=settings,
+                        out_dir=out_dir, resume=resume, progress=progress, checkpoint_every=checkpoint_every,
+                        eval_every=eval_every, callback=callback)
+
+    run.__name__ = name.replace("+", "_plus")
+    return run
+
+
+_PAPER = ("002 §4.1 (ConvNet-3, IDC base with factor 2, 1,200 iterations x 100 inner loops, SGD image lr 5e-3 "
+          "[1e-4 with MAE on MNIST/Fashion-MNIST], 128 sub-clusters, clustering every 10 inner loops); "
+          "hyperparameters of Yanqing0327/DREAM condense_improve.py and IDC reproduce.py")
+register("idc", "distill", BUDGETS["idc"], paper=_PAPER,
+         summary="IDC: gradient matching of factored images against a network trained on real data, random real batches")(
+    _entry("idc"))
+register("dream", "distill", BUDGETS["dream"], paper=_PAPER,
+         summary="DREAM: IDC with real batches of k-means representatives and cluster-centre initialization")(
+    _entry("dream"))
+register("dream+", "distill", BUDGETS["dream+"], paper=_PAPER,
+         summary="DREAM+: DREAM with bidirectional (gradient + mean-feature) matching")(_entry("dream+"))
+
+
+# ---------------------------------------------------------------- analysis (notebook 03)
+
+class MatchingTerms:
+    """A run_loop callback keeping the mean gradient and feature term of every iteration (002 Fig. 6c-d)."""
+
+    def __init__(self) -> None:
+        self.grad: list[float] = []
+        self.feature: list[float] = []
+
+    def __call__(self, it: int, state: dict[str, Any]) -> None:
+        self.grad.append(float(state["grad_term"]))
+        self.feature.append(float(state["feature_term"]))
+
+
+def iterations_to_reach(evals: list[dict[str, Any]], target: float) -> int | None:
+    """The first evaluated iteration whose mean accuracy is >= target (002 Tab. 3 "Iter"), None if none."""
+    for record in sorted(evals, key=lambda r: r["iteration"]):
+        if record["mean"] >= target:
+            return int(record["iteration"])
+    return None
+
+
+def pool_dataset(dataset: Any, n_per_class: int, seed: int = 0) -> tuple[Any, Tensor]:
+    """The dataset restricted to n random training images per class (class-sorted), and their x_train indices."""
+    import dataclasses
+
+    from ddnb.methods.base import real_init_indices
+
+    idx = real_init_indices(dataset, n_per_class, seed).to(dataset.x_train.device)
+    return dataclasses.replace(dataset, x_train=dataset.x_train[idx], y_train=dataset.y_train[idx]), idx
+
+
+@dataclass
+class SamplerTrace:
+    """What `sampler_trace` recorded: per step and class, each sampler's batch and its MMD to the class."""
+
+    pool: Any
+    pool_indices: Tensor
+    mmd: dict[str, np.ndarray]
+    selections: dict[str, Tensor]
+    features: Tensor
+    net: nn.Module
+    interval: int
+
+
+def sampler_trace(dataset: Any, *, steps: int = 20, batch_size: int = 32, interval: int = 5, pool: int = 200,
+                  arch: str = "convnet3", warmup_data: int = 1000, net_data: int = 256, seed: int = 0,
+                  device: Any = None) -> SamplerTrace:
+    """Random vs DREAM batches along a network's training on real data, with their MMD to the whole class (Fig. 2b).
+
+    A fresh network trains on `warmup_data` real images, then for each step: every class's pool
+    (`pool` images per class) is embedded, each sampler picks its batch from the pool (DREAM
+    re-clusters every `interval` steps), the squared MMD between batch and pool embeddings is
+    recorded (Gaussian kernels at the class's median distance x 0.25..4), and the network trains
+    on `net_data` more real images, as IDC's inner loop does.
+    """
+    from ddnb.analysis import real_bandwidths
+    from ddnb.matching import mmd2
+
+    dev = resolve_device(device)
+    data = dataset.to(dev) if dataset.x_train.device != dev else dataset
+    sub, idx = pool_dataset(data, pool, seed)
+    samplers = {"random": RandomSampler(sub, batch_size, seed=seed),
+                "dream": DreamSampler(sub, batch_size, interval=interval, seed=seed)}
+    s = {**_COMMON, "arch": arch}
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    net, opt = fresh_network(arch, data, s, dev)
+    train_on_real(net, opt, data, warmup_data, s["net_batch"], s["cutmix_prob"], g)
+    k = data.num_classes
+    mmd = {name: np.zeros((steps, k)) for name in samplers}
+    selections = {name: torch.zeros((steps, k, batch_size), dtype=torch.long) for name in samplers}
+    for t in range(steps):
+        feats = embed_images(net, sub.x_train)
+        for sampler in samplers.values():
+            sampler.bind(net)
+        for c, cls_idx in enumerate(sub.class_indices()):
+            fc = feats[cls_idx.to(feats.device)].double()
+            bandwidths = real_bandwidths(fc)
+            for name, sampler in samplers.items():
+                sel = sampler.select(c, t).cpu()
+                selections[name][t, c] = sel
+                mmd[name][t, c] = float(mmd2(feats[sel.to(feats.device)].double(), fc, bandwidths=bandwidths))
+        train_on_real(net, opt, data, net_data, s["net_batch"], s["cutmix_prob"], g)
+    return SamplerTrace(sub, idx.cpu(), mmd, selections, embed_images(net, sub.x_train).cpu(), net, interval)
+
+
+def gradient_norm_groups(trace: SamplerTrace, frac: float = 0.25, classes: list[int] | None = None
+                         ) -> dict[str, np.ndarray]:
+    """Per-sample gradient norms under the trace's final network: class centre vs boundary, DREAM vs random batch.
+
+    centre / boundary: the `frac` of each class's pool nearest / farthest from the class mean
+    embedding; dream / random: the samples each sampler picked at the last step (002 Fig. 1a, 5).
+    """
+    pool, groups = trace.pool, {"centre": [], "boundary": [], "dream": [], "random": []}
+    last = trace.selections["dream"].shape[0] - 1
+    for c in classes if classes is not None else range(pool.num_classes):
+        cls_idx = pool.class_indices()[c].cpu()
+        y = pool.y_train[cls_idx.to(pool.y_train.device)]
+        norms = per_sample_grad_norms(trace.net, pool.x_train[cls_idx.to(pool.x_train.device)], y).cpu()
+        by_global = dict(zip(cls_idx.tolist(), norms.tolist()))
+        centre, boundary = centre_boundary_split(trace.features[cls_idx], frac)
+        groups["centre"] += norms[centre].tolist()
+        groups["boundary"] += norms[boundary].tolist()
+        for name in ("dream", "random"):
+            groups[name] += [by_global[i] for i in trace.selections[name][last, c].tolist()]
+    return {name: np.asarray(v) for name, v in groups.items()}
+
+
+def class_coverage(net: nn.Module, pool: Any, synset: Any) -> float:
+    """Mean over classes of `coverage`: distance from each real pool image to its nearest synthetic image of its class."""
+    images, labels = synset.decoded()
+    real_feats, syn_feats = embed_images(net, pool.x_train), embed_images(net, images)
+    labels, real_labels = labels.to(syn_feats.device), pool.y_train.to(real_feats.device)
+    return float(np.mean([coverage(real_feats[real_labels == c], syn_feats[labels == c])
+                          for c in range(pool.num_classes)]))

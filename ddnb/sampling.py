@@ -1,0 +1,485 @@
+"""Real mini-batch samplers for matching methods: uniform random, and DREAM's representative
+sampling (paper 002 §3.3, Liu et al.): per class, k-means on the distillation model's embeddings,
+re-run every `interval` matching steps; the batch is the `per_cluster` samples nearest each centre.
+
+A sampler is a plain object any matching loop can use:
+
+    sampler.bind(model)          # the network whose embeddings drive the clustering (DREAM only)
+    x = sampler.sample(c, step)  # real images of class c for matching step `step` (a counter)
+
+`step` is a monotone counter of matching steps (e.g. iteration * inner_loops + inner step); the
+DREAM sampler re-clusters class c when `step // interval` changes. Samplers carry
+`state_dict()` / `load_state_dict()`, so `ddnb.methods.base.run_loop` checkpoints them and a
+resumed run reuses the same selection. Same seed, same model, same device -> same batches.
+
+k-means runs in torch on the distillation device ("torch", k-means++ then Lloyd), or in
+scikit-learn on the CPU ("sklearn"); benchmarks/bench_kmeans.py times both.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+KMEANS_BACKENDS = ("torch", "sklearn")
+SAMPLERS = ("random", "dream")
+EMBED_CHUNK = 1024  # images embedded per forward pass when clustering a class
+
+
+@dataclass
+class KMeansResult:
+    """Centres (k, d), the cluster of every point (n,), the inertia (sum of squared distances), iterations run."""
+
+    centres: Tensor
+    labels: Tensor
+    inertia: float
+    n_iter: int
+
+
+# ---------------------------------------------------------------- k-means
+
+def _check_kmeans_args(x: Tensor, k: int, n_iter: int, tol: float) -> None:
+    """ValueError for k-means arguments out of range."""
+    if x.dim() != 2 or x.shape[0] == 0:
+        raise ValueError(f"k-means needs a non-empty 2-D (n, d) tensor, got shape {tuple(x.shape)}")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= x.shape[0]:
+        raise ValueError(f"k={k!r} clusters asked for {x.shape[0]} points; allowed: an int in 1..{x.shape[0]}")
+    if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
+        raise ValueError(f"n_iter must be a positive int, got {n_iter!r}")
+    if not tol >= 0:
+        raise ValueError(f"tol must be >= 0, got {tol!r}")
+
+
+def squared_distances(x: Tensor, c: Tensor, x_sq: Tensor | None = None) -> Tensor:
+    """(n, k) squared Euclidean distances between rows of x and rows of c (matmul form, clamped at 0).
+
+    `x_sq` = (x * x).sum(1) when the caller has it (k-means reuses it across iterations).
+    """
+    x_sq = (x * x).sum(1) if x_sq is None else x_sq
+    return torch.addmm(x_sq.unsqueeze(1) + (c * c).sum(1), x, c.T, alpha=-2).clamp_min_(0)
+
+
+def _kmeans_pp(x: Tensor, k: int, gen: torch.Generator, x_sq: Tensor) -> Tensor:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007): each new centre drawn with prob. ~ D(x)^2."""
+    n = x.shape[0]
+    idx = int(torch.randint(n, (1,), generator=gen))
+    chosen = [idx]
+    d2 = squared_distances(x, x[idx:idx + 1], x_sq).squeeze(1)
+    for _ in range(1, k):
+        total = float(d2.sum())
+        if total <= 0:  # fewer distinct points than k: any point will do
+            idx = int(torch.randint(n, (1,), generator=gen))
+        else:
+            idx = int(torch.multinomial((d2 / total).double().cpu(), 1, generator=gen))
+        chosen.append(idx)
+        d2 = torch.minimum(d2, squared_distances(x, x[idx:idx + 1], x_sq).squeeze(1))
+    return x[chosen].clone()
+
+
+def _lloyd_update(x: Tensor, labels: Tensor, centres: Tensor, d2min: Tensor) -> Tensor:
+    """New centres = cluster means; an empty cluster takes the point farthest from its centre."""
+    k = centres.shape[0]
+    sums = torch.zeros_like(centres).index_add_(0, labels, x)
+    counts = torch.bincount(labels, minlength=k).to(x.dtype)
+    new = sums / counts.clamp_min(1).unsqueeze(1)
+    empty = (counts == 0).nonzero().flatten()
+    if empty.numel():
+        far = torch.topk(d2min, empty.numel()).indices
+        new[empty] = x[far]
+    return new
+
+
+def kmeans_torch(x: Tensor, k: int, *, n_iter: int = 100, tol: float = 1e-4, seed: int = 0) -> KMeansResult:
+    """k-means (k-means++ seeding, Lloyd iterations) in torch on x's device; why: no host round trip.
+
+    Stops when the summed squared centre shift falls to tol * mean per-feature variance (the
+    scikit-learn criterion) or after n_iter iterations.
+    """
+    _check_kmeans_args(x, k, n_iter, tol)
+    x = x.detach().float()
+    gen = torch.Generator().manual_seed(seed)
+    x_sq = (x * x).sum(1)
+    centres = _kmeans_pp(x, k, gen, x_sq)
+    threshold = tol * float(x.var(0, unbiased=False).mean())
+    it = 0
+    for it in range(1, n_iter + 1):
+        d2 = squared_distances(x, centres, x_sq)
+        d2min, labels = d2.min(1)
+        new = _lloyd_update(x, labels, centres, d2min)
+        shift = float(((new - centres) ** 2).sum())
+        centres = new
+        if shift <= threshold:
+            break
+    d2min, labels = squared_distances(x, centres, x_sq).min(1)
+    return KMeansResult(centres, labels, float(d2min.sum()), it)
+
+
+def kmeans_sklearn(x: Tensor, k: int, *, n_iter: int = 100, tol: float = 1e-4, seed: int = 0) -> KMeansResult:
+    """k-means with scikit-learn on the CPU (k-means++, one init, Lloyd); results back on x's device."""
+    from sklearn.cluster import KMeans
+
+    _check_kmeans_args(x, k, n_iter, tol)
+    arr = x.detach().float().cpu().numpy()
+    km = KMeans(n_clusters=k, init="k-means++", n_init=1, max_iter=n_iter, tol=tol,
+                random_state=seed % 2**32, algorithm="lloyd").fit(arr)
+    centres = torch.from_numpy(km.cluster_centers_.astype(np.float32)).to(x.device)
+    labels = torch.from_numpy(km.labels_.astype(np.int64)).to(x.device)
+    return KMeansResult(centres, labels, float(km.inertia_), int(km.n_iter_))
+
+
+def kmeans(x: Tensor, k: int, *, backend: str = "torch", n_iter: int = 100, tol: float = 1e-4,
+           seed: int = 0) -> KMeansResult:
+    """k-means of the rows of x into k clusters with the chosen backend ("torch" or "sklearn")."""
+    if backend == "torch":
+        return kmeans_torch(x, k, n_iter=n_iter, tol=tol, seed=seed)
+    if backend == "sklearn":
+        return kmeans_sklearn(x, k, n_iter=n_iter, tol=tol, seed=seed)
+    raise ValueError(f"kmeans backend must be one of {KMEANS_BACKENDS}, got {backend!r}")
+
+
+def nearest_to_centres(x: Tensor, centres: Tensor, n: int = 1) -> Tensor:
+    """(k, n) row indices of x: for each centre, its n nearest points, nearest first (DREAM's query)."""
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= x.shape[0]:
+        raise ValueError(f"n={n!r} nearest points asked for among {x.shape[0]}; allowed: an int in 1..{x.shape[0]}")
+    d2 = squared_distances(centres.float(), x.float())
+    return torch.topk(d2, n, dim=1, largest=False).indices
+
+
+# ---------------------------------------------------------------- embeddings
+
+@torch.no_grad()
+def embed_images(model: nn.Module, images: Tensor, chunk: int = EMBED_CHUNK) -> Tensor:
+    """model.embed of images in chunks, in eval mode without gradients (the model's mode is restored)."""
+    was_training = model.training
+    model.eval()
+    try:
+        dev = next(model.parameters()).device
+        feats = [model.embed(images[i:i + chunk].to(dev)) for i in range(0, images.shape[0], chunk)]
+    finally:
+        model.train(was_training)
+    return torch.cat(feats).float()
+
+
+def representatives(model: nn.Module, images: Tensor, k: int, per_cluster: int = 1, *, backend: str = "torch",
+                    n_iter: int = 100, seed: int = 0) -> Tensor:
+    """Indices into `images` of the per_cluster images nearest each of k k-means centres (k*per_cluster, centre-major)."""
+    feats = embed_images(model, images)
+    result = kmeans(feats, k, backend=backend, n_iter=n_iter, seed=seed)
+    return nearest_to_centres(feats, result.centres, per_cluster).flatten()
+
+
+# ---------------------------------------------------------------- samplers
+
+def _check_positive(name: str, value: Any) -> int:
+    """The value as an int, or ValueError unless it is a positive int."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def _mix_seed(*parts: int) -> int:
+    """A deterministic 31-bit seed from integer parts (for per-class, per-block random choices)."""
+    s = 0
+    for p in parts:
+        s = (s * 1_000_003 + int(p)) % (2**31 - 1)
+    return s
+
+
+class RandomSampler:
+    """Uniform random real mini-batch per class (the default of DC, DSA, DM and IDC)."""
+
+    name = "random"
+
+    def __init__(self, dataset: Any, batch_size: int = 128, seed: int = 0) -> None:
+        self.dataset, self.seed = dataset, seed
+        self.batch_size = _check_positive("batch_size", batch_size)
+        smallest = min(len(i) for i in dataset.class_indices())
+        if batch_size > smallest:
+            raise ValueError(f"batch_size={batch_size} exceeds the smallest class ({smallest} images); "
+                             f"allowed: 1..{smallest}")
+
+    def bind(self, model: nn.Module) -> None:
+        """Random sampling ignores the model (kept so loops can bind any sampler)."""
+
+    def select(self, cls: int, step: int) -> Tensor:
+        """Indices into dataset.x_train of the batch of class `cls` at `step` (seeded by seed, class, step)."""
+        idx = self.dataset.class_indices()[cls]
+        gen = torch.Generator().manual_seed(_mix_seed(self.seed, step, cls))
+        return idx[torch.randperm(len(idx), generator=gen)[:self.batch_size].to(idx.device)]
+
+    def sample(self, cls: int, step: int) -> Tensor:
+        """Real images of class `cls` for matching step `step`."""
+        return self.dataset.x_train[self.select(cls, step)]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Nothing evolves: the batch is a function of (seed, class, step)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Nothing to restore."""
+
+
+class DreamSampler:
+    """DREAM representative sampling: per class, the samples nearest k-means centres of the model's embeddings.
+
+    batch_size = k * per_cluster (k sub-clusters, per_cluster samples nearest each centre; DREAM
+    uses k = 128, per_cluster = 1, Tab. 5 varies both). Class c is re-clustered with the bound
+    model when `step // interval` changes. `pool` (None = the whole class, as the paper) caps
+    the number of class images embedded and clustered: a fresh random subset at every clustering,
+    for CPU budgets.
+    """
+
+    name = "dream"
+
+    def __init__(self, dataset: Any, batch_size: int = 128, *, per_cluster: int = 1, interval: int = 10,
+                 pool: int | None = None, backend: str = "torch", kmeans_iters: int = 100, seed: int = 0) -> None:
+        self.dataset, self.seed, self.backend = dataset, seed, backend
+        self.batch_size = _check_positive("batch_size", batch_size)
+        self.per_cluster = _check_positive("per_cluster", per_cluster)
+        self.interval = _check_positive("interval", interval)
+        self.kmeans_iters = _check_positive("kmeans_iters", kmeans_iters)
+        if backend not in KMEANS_BACKENDS:
+            raise ValueError(f"kmeans backend must be one of {KMEANS_BACKENDS}, got {backend!r}")
+        if batch_size % per_cluster:
+            raise ValueError(f"batch_size={batch_size} must be a multiple of per_cluster={per_cluster} "
+                             f"(batch = sub-clusters x samples per sub-cluster)")
+        self.k = batch_size // per_cluster
+        smallest = min(len(i) for i in dataset.class_indices())
+        self.pool = None if pool is None else _check_positive("pool", pool)
+        if self.k > min(self.pool or smallest, smallest):
+            raise ValueError(f"{self.k} sub-clusters need at least {self.k} images per class to cluster, "
+                             f"but pool={pool!r} and the smallest class has {smallest}; lower batch_size or "
+                             f"raise pool")
+        k_cls = dataset.num_classes
+        self.indices = torch.full((k_cls, batch_size), -1, dtype=torch.long)
+        self.block = torch.full((k_cls,), -1, dtype=torch.long)
+        self.model: nn.Module | None = None
+
+    def bind(self, model: nn.Module) -> None:
+        """Use `model` (its `.embed`) for the next clusterings; DREAM binds the current distillation model."""
+        self.model = model
+
+    def _pool_indices(self, cls: int, block: int) -> Tensor:
+        """Class indices clustered at this block: the whole class, or a seeded random subset of `pool`."""
+        idx = self.dataset.class_indices()[cls]
+        if self.pool is None or self.pool >= len(idx):
+            return idx
+        gen = torch.Generator().manual_seed(_mix_seed(self.seed, cls, block, 1))
+        return idx[torch.randperm(len(idx), generator=gen)[:self.pool].to(idx.device)]
+
+    def cluster_seed(self, cls: int, block: int) -> int:
+        """The k-means seed of class `cls` at clustering block `block` (a function of the sampler seed)."""
+        return _mix_seed(self.seed, cls, block)
+
+    def recluster(self, cls: int, block: int) -> Tensor:
+        """Cluster class `cls` with the bound model now; store and return the selected x_train indices."""
+        if self.model is None:
+            raise ValueError("DreamSampler has no model: call sampler.bind(model) before sampling")
+        idx = self._pool_indices(cls, block)
+        local = representatives(self.model, self.dataset.x_train[idx], self.k, self.per_cluster,
+                                backend=self.backend, n_iter=self.kmeans_iters, seed=self.cluster_seed(cls, block))
+        chosen = idx[local.to(idx.device)].cpu()
+        self.indices[cls] = chosen
+        self.block[cls] = block
+        return chosen
+
+    def select(self, cls: int, step: int) -> Tensor:
+        """Indices into dataset.x_train of the batch of class `cls` at `step` (re-clustering when due)."""
+        if not 0 <= cls < self.dataset.num_classes:
+            raise ValueError(f"class {cls!r} out of range; allowed: 0..{self.dataset.num_classes - 1}")
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"step must be a non-negative int, got {step!r}")
+        block = step // self.interval
+        if int(self.block[cls]) != block:
+            return self.recluster(cls, block)
+        return self.indices[cls]
+
+    def sample(self, cls: int, step: int) -> Tensor:
+        """Real images of class `cls` for matching step `step`."""
+        idx = self.select(cls, step)
+        return self.dataset.x_train[idx.to(self.dataset.x_train.device)]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The current selection per class and the clustering block it belongs to (for exact resume)."""
+        return {"indices": self.indices.clone(), "block": self.block.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a selection saved by state_dict()."""
+        for key in ("indices", "block"):
+            saved = state[key]
+            if saved.shape != getattr(self, key).shape:
+                raise ValueError(f"DreamSampler state {key!r} has shape {tuple(saved.shape)}, "
+                                 f"expected {tuple(getattr(self, key).shape)}")
+            getattr(self, key).copy_(saved)
+
+
+def make_sampler(name: str, dataset: Any, batch_size: int, *, seed: int = 0, **kw: Any) -> RandomSampler | DreamSampler:
+    """A sampler by name: "random" (no extra options) or "dream" (per_cluster, interval, pool, backend, kmeans_iters)."""
+    if name == "random":
+        if kw:
+            raise ValueError(f"the random sampler takes no options, got {', '.join(sorted(kw))}")
+        return RandomSampler(dataset, batch_size, seed=seed)
+    if name == "dream":
+        return DreamSampler(dataset, batch_size, seed=seed, **kw)
+    raise ValueError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
+
+
+# The settings a matching method adds to its budgets to take a sampler (`sampler_from_settings` reads them).
+SAMPLER_SETTINGS: dict[str, Any] = dict(sampler="random", per_cluster=1, interval=10, pool=None,
+                                        kmeans_backend="torch", kmeans_iters=100)
+
+
+def sampler_from_settings(settings: dict[str, Any], dataset: Any, batch_size: int, seed: int = 0
+                          ) -> RandomSampler | DreamSampler:
+    """The sampler a method's settings ask for: "random", or "dream" with the other SAMPLER_SETTINGS keys."""
+    if settings["sampler"] == "dream":
+        return DreamSampler(dataset, batch_size, per_cluster=settings["per_cluster"], interval=settings["interval"],
+                            pool=settings["pool"], backend=settings["kmeans_backend"],
+                            kmeans_iters=settings["kmeans_iters"], seed=seed)
+    return make_sampler(settings["sampler"], dataset, batch_size, seed=seed)
+
+
+# ---------------------------------------------------------------- analysis of representative sampling
+
+def per_sample_grad_norms(model: nn.Module, x: Tensor, y: Tensor, chunk: int = 64) -> Tensor:
+    """L2 norm of the gradient of cross-entropy w.r.t. all parameters, per sample (002 Fig. 1a / 5)."""
+    from torch.func import functional_call, grad, vmap
+
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    buffers = {k: v.detach() for k, v in model.named_buffers()}
+
+    def loss(p: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
+        out = functional_call(model, (p, buffers), (xi.unsqueeze(0),))
+        return torch.nn.functional.cross_entropy(out, yi.unsqueeze(0))
+
+    grads = vmap(grad(loss), in_dims=(None, 0, 0), chunk_size=chunk)(params, x, y)
+    return torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in grads.values())).detach()
+
+
+def centre_boundary_split(feats: Tensor, frac: float = 0.25) -> tuple[Tensor, Tensor]:
+    """Row indices of the `frac` of points nearest the mean of feats (centre) and the `frac` farthest (boundary)."""
+    if not 0 < frac <= 0.5:
+        raise ValueError(f"frac must be in (0, 0.5], got {frac!r}")
+    order = torch.argsort(((feats - feats.mean(0)) ** 2).sum(1))
+    m = max(1, int(round(frac * feats.shape[0])))
+    return order[:m], order[-m:]
+
+
+def coverage(real_feats: Tensor, syn_feats: Tensor) -> float:
+    """Mean Euclidean distance from each real point to its nearest synthetic point (lower = better covered)."""
+    if real_feats.shape[0] == 0 or syn_feats.shape[0] == 0:
+        raise ValueError("coverage needs at least one real and one synthetic point")
+    return float(torch.cdist(real_feats.float(), syn_feats.float()).min(1).values.mean())
+
+
+PROJECTIONS = ("tsne", "umap")
+
+
+def project_2d(feats: Tensor | np.ndarray, method: str = "tsne", seed: int = 0) -> np.ndarray:
+    """(n, 2) t-SNE or UMAP projection of the rows of feats (fitted on all of them, seeded)."""
+    x = feats.detach().cpu().numpy() if isinstance(feats, Tensor) else np.asarray(feats)
+    if method not in PROJECTIONS:
+        raise ValueError(f"projection method must be one of {PROJECTIONS}, got {method!r}")
+    if x.shape[0] < 5:
+        raise ValueError(f"a 2-D projection needs at least 5 points, got {x.shape[0]}")
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        return TSNE(n_components=2, perplexity=min(30.0, (x.shape[0] - 1) / 3), init="pca",
+                    random_state=seed).fit_transform(x)
+    import umap
+
+    return umap.UMAP(n_components=2, n_neighbors=min(15, x.shape[0] - 1), random_state=seed).fit_transform(x)
+
+
+def selection_points(coords: np.ndarray, labels: Tensor | np.ndarray, selections: dict[str, Tensor], cls: int,
+                     step: int) -> dict[str, np.ndarray]:
+    """The widget's data: 2-D points of class `cls` ("class") and of each sampler's batch at `step`.
+
+    coords (n, 2) and labels (n,) describe the clustered pool; selections[name] is (steps, K, B)
+    indices into that pool, as `ddnb.methods.dream.sampler_trace` records them.
+    """
+    labels = np.asarray(labels.cpu() if isinstance(labels, Tensor) else labels)
+    steps = min(int(s.shape[0]) for s in selections.values())
+    if not 0 <= cls <= int(labels.max()):
+        raise ValueError(f"class {cls!r} out of range; allowed: 0..{int(labels.max())}")
+    if not 0 <= step < steps:
+        raise ValueError(f"step {step!r} out of range; allowed: 0..{steps - 1}")
+    out = {"class": coords[labels == cls]}
+    for name, sel in selections.items():
+        out[name] = coords[sel[step, cls].cpu().numpy()]
+    return out
+
+
+def selection_figure(coords: np.ndarray, labels: Tensor | np.ndarray, selections: dict[str, Tensor], cls: int,
+                     step: int, title: str = "") -> Any:
+    """Scatter of a class on the 2-D embedding with each sampler's batch at `step` marked (the widget's picture)."""
+    import matplotlib.pyplot as plt
+
+    pts = selection_points(coords, labels, selections, cls, step)
+    names = [n for n in pts if n != "class"]
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        ax.scatter(*pts["class"].T, s=6, c="lightgray", label=f"class {cls}")
+        ax.scatter(*pts[name].T, s=28, marker="*" if name == "dream" else "o", c="crimson", label=f"{name} batch")
+        ax.set_title(f"{name} batch, step {step}")
+        ax.set_xticks([]), ax.set_yticks([])
+        ax.legend(loc="best", fontsize=7)
+    fig.suptitle(title or f"class {cls}: selected real batch on the 2-D embedding")
+    fig.tight_layout()
+    return fig
+
+
+def embedding_panels(real_xy: np.ndarray, real_labels: np.ndarray, syn: dict[str, tuple[np.ndarray, np.ndarray]],
+                     title: str = "") -> Any:
+    """One panel per synthetic set: real points coloured by class, that set's images as stars (002 Fig. 8)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(syn), figsize=(4.6 * len(syn), 4.4), squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    for ax, (name, (xy, labels)) in zip(axes[0], syn.items()):
+        ax.scatter(*real_xy.T, s=4, c=[cmap(int(c) % 10) for c in real_labels], alpha=0.35)
+        ax.scatter(*xy.T, s=90, marker="*", c=[cmap(int(c) % 10) for c in labels], edgecolors="black",
+                   linewidths=0.6)
+        ax.set_title(name)
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def selection_png(coords: np.ndarray, labels: Tensor | np.ndarray, selections: dict[str, Tensor], cls: int,
+                  step: int, class_name: str | None = None) -> bytes:
+    """PNG bytes of `selection_figure` (the widget's image; also what tests can check)."""
+    import matplotlib.pyplot as plt
+
+    from ddnb.viz import figure_png
+
+    title = f"{class_name or f'class {cls}'}: selected real batch at step {step}, on the 2-D embedding"
+    fig = selection_figure(coords, labels, selections, cls, step, title=title)
+    try:
+        return figure_png(fig, dpi=100)
+    finally:
+        plt.close(fig)
+
+
+def selection_browser(coords: np.ndarray, labels: Tensor | np.ndarray, selections: dict[str, Tensor],
+                      class_names: list[str]) -> Any:
+    """A panel: class dropdown and step slider; the picture (`selection_png`) marks each sampler's batch."""
+    import ipywidgets as w
+
+    steps = min(int(s.shape[0]) for s in selections.values())
+    pick = w.Dropdown(options=[(n, i) for i, n in enumerate(class_names)], value=0, description="class")
+    slider = w.IntSlider(value=0, min=0, max=steps - 1, description="step", continuous_update=False)
+    image = w.Image(format="png")
+
+    def redraw(_change: Any = None) -> None:
+        image.value = selection_png(coords, labels, selections, pick.value, slider.value, class_names[pick.value])
+
+    pick.observe(redraw, names="value")
+    slider.observe(redraw, names="value")
+    redraw()
+    return w.VBox([w.HBox([pick, slider]), image])

@@ -1,0 +1,273 @@
+"""Figures a person would rather look at than read: image grids (denormalized), real next to
+synthetic per class, accuracy bars with error bars, loss curves; and `save_figure` (atomic PNG).
+
+Headless (no display, not inside a Jupyter kernel, no MPLBACKEND) matplotlib uses Agg; inside a
+notebook the kernel's own backend is left alone.
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+
+import matplotlib
+
+if ("matplotlib.pyplot" not in sys.modules and "ipykernel" not in sys.modules and "MPLBACKEND" not in os.environ
+        and sys.platform.startswith("linux") and not os.environ.get("DISPLAY")
+        and not os.environ.get("WAYLAND_DISPLAY")):
+    matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from ddnb.utils import atomic_write_bytes  # noqa: E402
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def to_display(images: torch.Tensor, dataset: Any = None, mean: Sequence[float] | None = None,
+               std: Sequence[float] | None = None) -> np.ndarray:
+    """Images (N,C,H,W) in a normalized pixel space -> (N,H,W,C) floats in [0,1] for imshow.
+
+    The statistics come from `dataset` (anything with .mean/.std) or `mean`/`std`; without
+    either, each image is stretched to [0,1] by its own min and max.
+    """
+    x = _as_images(images)
+    if dataset is not None:
+        mean, std = dataset.mean, dataset.std
+    if (mean is None) != (std is None):
+        raise ValueError(f"give both mean and std or neither, got mean={mean!r}, std={std!r}")
+    if mean is not None:
+        if not len(mean) == len(std) == x.shape[1]:
+            raise ValueError(f"mean {tuple(mean)} and std {tuple(std)} need one value per channel ({x.shape[1]})")
+        x = x * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
+    else:
+        lo = x.amin(dim=(1, 2, 3), keepdim=True)
+        hi = x.amax(dim=(1, 2, 3), keepdim=True)
+        x = (x - lo) / (hi - lo).clamp_min(1e-12)
+    return x.clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
+def mosaic(tiles: Sequence[np.ndarray | None], ncols: int, pad: int = 1) -> np.ndarray:
+    """Tile (H,W,C) images in [0,1] row by row into one RGBA picture; None tiles and the `pad`
+    pixels between tiles are transparent (alpha 0), so the figure background shows through."""
+    if not tiles or all(t is None for t in tiles):
+        raise ValueError("mosaic needs at least one image")
+    h, w, _ = next(t for t in tiles if t is not None).shape
+    nrows = math.ceil(len(tiles) / ncols)
+    out = np.zeros((nrows * (h + pad) - pad, ncols * (w + pad) - pad, 4), dtype=np.float32)
+    for i, tile in enumerate(tiles):
+        if tile is None:
+            continue
+        r, c = divmod(i, ncols)
+        y, x = r * (h + pad), c * (w + pad)
+        out[y:y + h, x:x + w, :3] = tile if tile.shape[-1] == 3 else tile[..., :1]
+        out[y:y + h, x:x + w, 3] = 1.0
+    return out
+
+
+def show_images(images: torch.Tensor, labels: torch.Tensor | Sequence[int] | None = None, dataset: Any = None, *,
+                mean: Sequence[float] | None = None, std: Sequence[float] | None = None, ncols: int = 10,
+                title: str | None = None, class_names: Sequence[str] | None = None, size: float = 0.8) -> Figure:
+    """A grid of images drawn as one picture (fast for hundreds of images); with labels, each row
+    is named by its class when it holds one class, else each image gets a caption."""
+    pixels = to_display(images, dataset, mean, std)
+    n = len(pixels)
+    if n == 0:
+        raise ValueError("show_images needs at least one image, got 0")
+    if isinstance(ncols, bool) or not isinstance(ncols, int) or ncols < 1:
+        raise ValueError(f"ncols must be a positive int, got {ncols!r}")
+    ncols = min(ncols, n)
+    nrows = math.ceil(n / ncols)
+    fig, ax = plt.subplots(figsize=(size * ncols + 0.8, size * nrows + 0.3 + 0.3 * bool(title)))
+    _draw_mosaic(ax, list(pixels), ncols)
+    hard = _hard_labels(labels, n)
+    if hard is not None:
+        _label_tiles(ax, hard, ncols, pixels.shape[1:3], _class_names(class_names, dataset))
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def compare_grid(real: torch.Tensor, synthetic: torch.Tensor, real_labels: torch.Tensor | Sequence[int],
+                 synthetic_labels: torch.Tensor | Sequence[int], dataset: Any = None, *,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None, per_class: int = 5,
+                 classes: Sequence[int] | None = None, class_names: Sequence[str] | None = None,
+                 title: str | None = None, size: float = 0.8) -> Figure:
+    """Real images (left axes) next to synthetic ones (right axes), one row per class with
+    `per_class` images each; a class with fewer images leaves its remaining places blank."""
+    if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
+        raise ValueError(f"per_class must be a positive int, got {per_class!r}")
+    sides = [(to_display(real, dataset, mean, std), _hard_labels(real_labels, len(real))),
+             (to_display(synthetic, dataset, mean, std), _hard_labels(synthetic_labels, len(synthetic)))]
+    classes = sorted(set(sides[0][1].tolist()) | set(sides[1][1].tolist())) if classes is None else list(classes)
+    names = _class_names(class_names, dataset)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size * per_class + 1.4, size * len(classes) + 0.5 + 0.3 * bool(title)))
+    for ax, (px, y), name in zip(axes, sides, ("real", "synthetic")):
+        tiles: list[np.ndarray | None] = []
+        for cls in classes:
+            picked = list(px[y == cls][:per_class])
+            tiles += picked + [None] * (per_class - len(picked))
+        _draw_mosaic(ax, tiles, per_class)
+        ax.set_title(name)
+    _name_rows(axes[0], [_name(names, c) for c in classes], sides[0][0].shape[1])
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_bars(table: pd.DataFrame | Sequence[Mapping[str, Any]], *, label: str = "method", mean: str = "mean",
+                  std: str = "std", title: str | None = None, ylabel: str = "test accuracy (%)",
+                  reference: Mapping[str, float] | None = None) -> Figure:
+    """Bar plot of mean accuracy per row of `table` with std error bars (and optional reference marks)."""
+    import pandas as pd
+
+    df = pd.DataFrame(list(table)) if not isinstance(table, pd.DataFrame) else table
+    missing = [c for c in (label, mean, std) if c not in df.columns]
+    if missing:
+        raise ValueError(f"table has no column(s) {missing}; its columns: {list(df.columns)}")
+    if df.empty:
+        raise ValueError("accuracy_bars needs at least one row, got an empty table")
+    fig, ax = plt.subplots(figsize=(1.2 + 1.0 * len(df), 3.2))
+    x = np.arange(len(df))
+    bars = ax.bar(x, df[mean], yerr=df[std], capsize=4, color="tab:blue", alpha=0.85)
+    ax.bar_label(bars, labels=[f"{m:.1f}±{s:.1f}" for m, s in zip(df[mean], df[std])], fontsize=7, padding=2)
+    for i, name in enumerate(df[label]):
+        if reference and name in reference:
+            ax.plot([i - 0.4, i + 0.4], [reference[name]] * 2, color="black", ls="--", lw=1)
+    ax.set_xticks(x, [str(v) for v in df[label]])
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, max(100.0, float((df[mean] + df[std]).max()) * 1.1))
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def loss_curve(history: Mapping[str, Sequence[float]] | Sequence[float], *, keys: Iterable[str] | None = None,
+               x: Sequence[float] | None = None, title: str | None = None, xlabel: str = "iteration",
+               logy: bool = False) -> Figure:
+    """Loss (or any series) against iteration: a list of numbers, or a dict of name -> list
+    (all list-valued entries, or just `keys`) drawn as one line each."""
+    series = _series(history, keys)
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for name, values in series.items():
+        xs = list(x) if x is not None else list(range(len(values)))
+        if len(xs) != len(values):
+            raise ValueError(f"x has {len(xs)} values but series {name!r} has {len(values)}")
+        ax.plot(xs, values, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("loss" if len(series) == 1 else "value")
+    if logy:
+        ax.set_yscale("log")
+    if len(series) > 1:
+        ax.legend()
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def figure_png(fig: Figure, dpi: int = 120) -> bytes:
+    """The figure rendered as PNG bytes (for files and image widgets)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def save_figure(fig: Figure, output_dir: str | os.PathLike, name: str, dpi: int = 120) -> Path:
+    """Write the figure as output_dir/name.png atomically (a crash never leaves half a PNG); return the path."""
+    if not isinstance(name, str) or not name or Path(name).name != name or name.startswith("."):
+        raise ValueError(f"figure name must be a plain file name like 'accuracy' or 'accuracy.png', got {name!r}")
+    stem, ext = os.path.splitext(name)
+    if ext not in ("", ".png"):
+        raise ValueError(f"figures are saved as PNG; name {name!r} has extension {ext!r}, allowed: none or '.png'")
+    return atomic_write_bytes(Path(output_dir) / f"{stem}.png", figure_png(fig, dpi))
+
+
+def _as_images(images: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """A detached float CPU tensor of shape (N,C,H,W)."""
+    x = torch.as_tensor(images).detach().cpu().float()
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    if x.dim() != 4:
+        raise ValueError(f"images must be (N,C,H,W) or (C,H,W), got shape {tuple(x.shape)}")
+    return x
+
+
+def _hard_labels(labels: Any, n: int) -> np.ndarray | None:
+    """Class ids as a numpy array (argmax of soft labels), checked against the number of images."""
+    if labels is None:
+        return None
+    y = torch.as_tensor(labels).detach().cpu()
+    y = y.argmax(1) if y.dim() == 2 else y
+    if y.dim() != 1 or len(y) != n:
+        raise ValueError(f"labels must be (N,) class ids or (N,K) scores for N={n} images, got shape {tuple(y.shape)}")
+    return y.long().numpy()
+
+
+def _class_names(class_names: Sequence[str] | None, dataset: Any) -> Sequence[str] | None:
+    """Explicit class names, else the dataset's, else none."""
+    return class_names if class_names is not None else getattr(dataset, "classes", None)
+
+
+def _name(names: Sequence[str] | None, cls: int) -> str:
+    """A class's display name (its id when no names are known)."""
+    return str(names[cls]) if names is not None and 0 <= cls < len(names) else str(int(cls))
+
+
+def _draw_mosaic(ax: Any, tiles: list[np.ndarray | None], ncols: int) -> None:
+    """Show tiles as one mosaic on `ax`, without ticks or frame."""
+    ax.imshow(mosaic(tiles, ncols), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_frame_on(False)
+
+
+def _name_rows(ax: Any, names: Sequence[str], tile_h: int, pad: int = 1) -> None:
+    """Class names as tick labels at the middle of each mosaic row."""
+    ax.set_yticks([r * (tile_h + pad) + (tile_h - 1) / 2 for r in range(len(names))], names, fontsize=8)
+    ax.tick_params(axis="y", length=0)
+
+
+def _label_tiles(ax: Any, labels: np.ndarray, ncols: int, tile_hw: tuple[int, int],
+                 names: Sequence[str] | None, pad: int = 1) -> None:
+    """Name each row by its class when every row holds a single class, else caption each tile."""
+    rows = [labels[i:i + ncols] for i in range(0, len(labels), ncols)]
+    if all((row == row[0]).all() for row in rows):
+        _name_rows(ax, [_name(names, int(row[0])) for row in rows], tile_hw[0], pad)
+        return
+    h, w = tile_hw
+    for i, cls in enumerate(labels):
+        r, c = divmod(i, ncols)
+        ax.text(c * (w + pad), r * (h + pad), _name(names, int(cls)), fontsize=6, va="top", ha="left",
+                color="yellow", bbox={"facecolor": "black", "alpha": 0.5, "pad": 0.5, "lw": 0})
+
+
+def _series(history: Any, keys: Iterable[str] | None) -> dict[str, list[float]]:
+    """Name -> list of floats from a list or from a dict's list-valued entries."""
+    if isinstance(history, Mapping):
+        names = list(keys) if keys is not None else [k for k, v in history.items()
+                                                      if isinstance(v, (list, tuple)) and v and _numbers(v)]
+        missing = [k for k in names if k not in history]
+        if missing:
+            raise ValueError(f"history has no entry {missing}; it has: {list(history)}")
+        series = {k: [float(v) for v in history[k]] for k in names}
+    else:
+        series = {"loss": [float(v) for v in history]}
+    if not series or not any(series.values()):
+        raise ValueError("loss_curve needs at least one non-empty series of numbers")
+    return series
+
+
+def _numbers(values: Sequence[Any]) -> bool:
+    """True when every value is a real number (not a bool)."""
+    return all(isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) for v in values)

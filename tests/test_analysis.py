@@ -1,0 +1,174 @@
+"""Analysis measurements on tiny inputs against brute force: distances, MMD, mid-model accuracy, panels."""
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ddnb import analysis as A
+from ddnb.analysis import BANDWIDTH_SCALES
+from ddnb.experts import flatten_params
+from ddnb.models import get_model
+
+
+class Linear(nn.Module):
+    """embed(x) = W flatten(x) (no bias), classifier on top: features that are easy to compute by hand."""
+
+    def __init__(self, d_in: int, d: int, k: int, seed: int):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.w = nn.Parameter(torch.randn(d, d_in, generator=g))
+        self.classifier = nn.Linear(d, k)
+
+    def embed(self, x):
+        return x.flatten(1) @ self.w.T
+
+    def forward(self, x):
+        return self.classifier(self.embed(x))
+
+
+def _brute_mmd(a: np.ndarray, b: np.ndarray, bandwidths) -> float:
+    k = lambda u, v: sum(math.exp(-float(((u - v) ** 2).sum()) / s) for s in bandwidths)  # noqa: E731
+    kaa = np.mean([k(u, v) for u in a for v in a])
+    kbb = np.mean([k(u, v) for u in b for v in b])
+    kab = np.mean([k(u, v) for u in a for v in b])
+    return kaa + kbb - 2 * kab
+
+
+def _brute_distance(w: np.ndarray, real: tuple, syn: tuple) -> tuple[float, float]:
+    xr, yr = real[0].flatten(1).double().numpy(), real[1].numpy()
+    xs, ys = syn[0].flatten(1).double().numpy(), syn[1].numpy()
+    means, mmds = [], []
+    for c in range(int(yr.max()) + 1):
+        fr, fs = xr[yr == c] @ w.T, xs[ys == c] @ w.T
+        means.append(float(((fr.mean(0) - fs.mean(0)) ** 2).sum()))
+        d2 = [float(((u - v) ** 2).sum()) for i, u in enumerate(fr) for j, v in enumerate(fr) if i != j]
+        bw = [float(np.median(d2)) * s for s in BANDWIDTH_SCALES]
+        mmds.append(_brute_mmd(fr, fs, bw))
+    return float(np.mean(means)), float(np.mean(mmds))
+
+
+@pytest.fixture()
+def tiny():
+    g = torch.Generator().manual_seed(0)
+    real = (torch.randn(12, 1, 2, 2, generator=g), torch.tensor([0, 1] * 6))
+    syn = (torch.randn(6, 1, 2, 2, generator=g) + 0.5, torch.tensor([0, 0, 0, 1, 1, 1]))
+    return real, syn
+
+
+def test_distribution_distance_matches_brute_force(tiny):
+    real, syn = tiny
+    models = [Linear(4, 3, 2, seed) for seed in (1, 2)]
+    table = A.distribution_distance(models, real, {"a": syn, "b": real}, max_real_per_class=None, device="cpu")
+    assert list(table.columns) == ["checkpoint", "set", "mean_distance", "mmd"] and len(table) == 4
+    for i, m in enumerate(models):
+        want = _brute_distance(m.w.detach().double().numpy(), real, syn)
+        row = table[(table.checkpoint == i) & (table.set == "a")].iloc[0]
+        assert row.mean_distance == pytest.approx(want[0], rel=1e-5)
+        assert row.mmd == pytest.approx(want[1], rel=1e-4, abs=1e-9)
+        same = table[(table.checkpoint == i) & (table.set == "b")].iloc[0]
+        assert same.mean_distance == pytest.approx(0, abs=1e-12) and same.mmd == pytest.approx(0, abs=1e-12)
+
+
+def test_flat_checkpoints_equal_modules(tiny):
+    real, syn = tiny
+    models = [Linear(4, 3, 2, seed) for seed in (3, 4)]
+    flats = [flatten_params(m) for m in models]
+    by_module = A.distribution_distance(models, real, syn, max_real_per_class=None, device="cpu")
+    by_flat = A.distribution_distance(flats, real, syn, template=Linear(4, 3, 2, 0), max_real_per_class=None,
+                                      device="cpu")
+    assert np.allclose(by_module[["mean_distance", "mmd"]].to_numpy(), by_flat[["mean_distance", "mmd"]].to_numpy())
+    with pytest.raises(ValueError, match="template"):
+        A.distribution_distance(flats, real, syn, device="cpu")
+
+
+def test_subsampling_is_seeded_and_capped(tiny):
+    real, _ = tiny
+    a = A.subsample_per_class(*real, 2, 3, seed=5)
+    b = A.subsample_per_class(*real, 2, 3, seed=5)
+    assert [len(x) for x in a] == [3, 3] and all(torch.equal(x, y) for x, y in zip(a, b))
+    with pytest.raises(ValueError, match="class 2 has no images"):
+        A.subsample_per_class(*real, 3, None)
+
+
+def _mlp_by_hand(flat: torch.Tensor, x: torch.Tensor, d_in: int, hidden: int, k: int) -> np.ndarray:
+    """The ddnb MLP (fc_1, fc_2, classifier; ReLU) evaluated from a flat parameter vector with numpy."""
+    v, o, shapes = flat.double().numpy(), 0, [(hidden, d_in), (hidden,), (hidden, hidden), (hidden,), (k, hidden), (k,)]
+    ps = []
+    for s in shapes:
+        n = int(np.prod(s))
+        ps.append(v[o:o + n].reshape(s))
+        o += n
+    h = np.maximum(x.flatten(1).double().numpy() @ ps[0].T + ps[1], 0)
+    h = np.maximum(h @ ps[2].T + ps[3], 0)
+    return (h @ ps[4].T + ps[5]).argmax(1)
+
+
+@pytest.fixture()
+def toy_dataset():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(40, 1, 3, 3, generator=g)
+    y = (x.flatten(1).sum(1) > 0).long()
+    return SimpleNamespace(x_train=x[:24], y_train=y[:24], x_test=x[24:], y_test=y[24:], image_shape=(1, 3, 3),
+                           num_classes=2)
+
+
+def test_mid_model_accuracy_matches_brute_force(toy_dataset):
+    torch.manual_seed(0)
+    init = flatten_params(get_model("mlp", 1, 2, 3))
+    expert = flatten_params(get_model("mlp", 1, 2, 3)) * 3
+    lambdas = [0.0, 0.3, 1.0]
+    table = A.mid_model_accuracy(init, expert, lambdas, toy_dataset, arch="mlp", device="cpu")
+    assert table["lambda"].tolist() == lambdas
+    for lam, acc in zip(lambdas, table["accuracy"]):
+        pred = _mlp_by_hand(lam * init + (1 - lam) * expert, toy_dataset.x_test, 9, 128, 2)
+        assert acc == pytest.approx(100.0 * float((pred == toy_dataset.y_test.numpy()).mean()))
+
+
+def test_expert_accuracy_on_counts_correct_predictions():
+    net = nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        net.weight.copy_(torch.eye(2))  # predicts the larger coordinate
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 1.0], [0.0, 3.0]])
+    assert A.expert_accuracy_on(net, x, torch.tensor([0, 1, 1, 0])) == pytest.approx(50.0)
+    soft = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    assert A.expert_accuracy_on(net, x, soft) == pytest.approx(100.0)
+
+
+def test_lambda_panel_agrees_with_its_parts(toy_dataset):
+    torch.manual_seed(0)
+    init = flatten_params(get_model("mlp", 1, 2, 3))
+    expert = flatten_params(get_model("mlp", 1, 2, 3))
+    idx = torch.cat([torch.nonzero(toy_dataset.y_train == c).flatten()[:3] for c in (0, 1)])
+    syn = (toy_dataset.x_train[idx] * 0.5, toy_dataset.y_train[idx])
+    acc, dist = A.lambda_panel(0.4, init_params=init, expert_params=expert, dataset=toy_dataset, syn=syn,
+                               arch="mlp", max_test=None, max_real_per_class=None, device="cpu")
+    assert acc == pytest.approx(float(A.mid_model_accuracy(init, expert, [0.4], toy_dataset, arch="mlp",
+                                                           device="cpu")["accuracy"][0]))
+    net = get_model("mlp", 1, 2, 3)
+    torch.nn.utils.vector_to_parameters(0.4 * init + 0.6 * expert, net.parameters())
+    want = A.distribution_distance(net, toy_dataset, syn, max_real_per_class=None, device="cpu")
+    assert dist == pytest.approx(float(want["mean_distance"][0]))
+    _, both = A.lambda_panel(0.4, init_params=init, expert_params=expert, dataset=toy_dataset,
+                             syn={"a": syn, "b": syn}, arch="mlp", max_test=None, max_real_per_class=None,
+                             device="cpu")
+    assert set(both) == {"a", "b"} and both["a"] == pytest.approx(dist)
+
+
+def test_tsne_embedding_has_one_row_per_point(toy_dataset):
+    model = Linear(9, 4, 2, 0)
+    table = A.tsne_embedding(model, {"real": toy_dataset, "syn": (toy_dataset.x_test, toy_dataset.y_test)},
+                             max_per_class=5, perplexity=5, device="cpu")
+    assert len(table) == 20 and set(table["set"]) == {"real", "syn"} and np.isfinite(table[["x", "y"]]).all().all()
+
+
+def test_bad_inputs_are_named():
+    with pytest.raises(ValueError, match="no checkpoints given"):
+        A.distribution_distance([], (torch.zeros(2, 1, 2, 2), torch.zeros(2).long()), (torch.zeros(2, 1, 2, 2),
+                                                                                       torch.zeros(2).long()))
+    with pytest.raises(ValueError, match="expected an \\(images, labels\\) pair"):
+        A.as_xy(torch.zeros(3))

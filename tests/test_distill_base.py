@@ -1,0 +1,143 @@
+"""The shared distillation loop: exact resume, NaN stop, checkpoints, history, init helpers."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ddnb.methods.base import (History, build_synset, init_synthetic, latest_checkpoint, load_checkpoint,
+                               real_init_indices, run_loop, seed_iteration)
+
+
+def _toy_run(n_iters: int, out_dir=None, resume: bool = False, seed: int = 3, **kw):
+    """A tiny 'distillation': SGD+momentum on images toward random targets drawn per iteration."""
+    images = torch.zeros(4, 1, 3, 3, requires_grad=True)
+    opt = torch.optim.SGD([images], lr=0.3, momentum=0.5)
+    lr = torch.tensor(0.3)
+    state = {"images": images, "opt": opt, "lr": lr}
+
+    def step(it: int) -> float:
+        g = seed_iteration(seed, it)
+        target = torch.randn(images.shape, generator=g) + torch.rand(()).item()  # global RNG used too
+        loss = ((images - target) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    hist = run_loop(step, state, method="toy", settings={"seed": seed}, n_iters=n_iters, out_dir=out_dir,
+                    resume=resume, progress=False, **kw)
+    return images, hist
+
+
+def test_resume_is_exact(tmp_path):
+    full, hist_full = _toy_run(6)
+    _toy_run(3, out_dir=tmp_path, checkpoint_every=1)  # 'crash' after 3 iterations
+    resumed, hist = _toy_run(6, out_dir=tmp_path, resume=True, checkpoint_every=1)
+    assert torch.equal(full, resumed)
+    assert hist.loss == hist_full.loss and len(hist.seconds) == 6
+    assert [p.rsplit("_", 1)[1] for p in hist.checkpoints] == [f"{i:08d}.pt" for i in range(1, 7)]
+
+
+def test_resume_refuses_other_settings_and_fresh_run_refuses_used_folder(tmp_path):
+    _toy_run(2, out_dir=tmp_path, seed=3)
+    with pytest.raises(ValueError, match="cannot resume"):
+        _toy_run(4, out_dir=tmp_path, resume=True, seed=4)
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        _toy_run(4, out_dir=tmp_path, seed=3)
+
+
+def test_checkpoint_loads_weights_only_and_history_json(tmp_path):
+    images, hist = _toy_run(5, out_dir=tmp_path, checkpoint_every=2)
+    path = latest_checkpoint(tmp_path)
+    assert path.name == "ckpt_00000005.pt" and [int(p[-11:-3]) for p in hist.checkpoints] == [2, 4, 5]
+    ckpt = load_checkpoint(path)  # torch.load(weights_only=True) inside
+    assert torch.equal(ckpt["state"]["images"], images.detach())
+    assert "momentum_buffer" in ckpt["state"]["opt"]["state"][0]
+    on_disk = json.loads((tmp_path / "history.json").read_text())
+    assert on_disk == hist.to_dict() and History.from_dict(on_disk) == hist
+
+
+def test_nan_stops_with_iteration_and_last_checkpoint(tmp_path):
+    x = torch.zeros(2)
+    state = {"x": x}
+
+    def step(it: int) -> float:
+        return float("nan") if it == 3 else 1.0
+
+    with pytest.raises(FloatingPointError, match=r"iteration 3; last good checkpoint: .*ckpt_00000002\.pt"):
+        run_loop(step, state, method="toy", settings={}, n_iters=6, out_dir=tmp_path, checkpoint_every=2,
+                 progress=False)
+    with pytest.raises(FloatingPointError, match="inf at iteration 0; last good checkpoint: none"):
+        run_loop(lambda it: float("inf"), {}, method="toy", settings={}, n_iters=2, progress=False)
+
+
+def test_evals_and_callback():
+    seen = []
+    hist = run_loop(lambda it: float(it), {"x": torch.ones(1)}, method="toy", settings={}, n_iters=5,
+                    progress=False, eval_fn=lambda s: {"mean": 50.0, "std": 1.0, "per_seed": [49, 51]},
+                    eval_every=2, callback=lambda it, s: seen.append(it))
+    assert seen == [0, 1, 2, 3, 4] and hist.loss == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert [e["iteration"] for e in hist.evals] == [2, 4, 5] and hist.evals[0]["per_seed"] == [49.0, 51.0]
+
+
+def test_bad_loop_arguments(tmp_path):
+    with pytest.raises(ValueError, match="n_iters"):
+        run_loop(lambda it: 0.0, {}, method="t", settings={}, n_iters=-1)
+    with pytest.raises(ValueError, match="resume=True needs out_dir"):
+        run_loop(lambda it: 0.0, {}, method="t", settings={}, n_iters=1, resume=True)
+    with pytest.raises(TypeError, match="state\\['bad'\\]"):
+        run_loop(lambda it: 0.0, {"bad": object()}, method="t", settings={}, n_iters=1, out_dir=tmp_path,
+                 checkpoint_every=1, progress=False)
+
+
+class _Toy:
+    """Minimal dataset: 3 classes of 1x4x4 images whose pixels equal the training index."""
+
+    name, num_classes, image_shape = "toy", 3, (1, 4, 4)
+
+    def __init__(self):
+        self.y_train = torch.tensor([0, 1, 2] * 10)
+        self.x_train = torch.arange(30.0).reshape(30, 1, 1, 1).expand(30, 1, 4, 4).clone()
+
+    def class_indices(self):
+        return [torch.nonzero(self.y_train == c).flatten() for c in range(3)]
+
+
+def test_real_init_balanced_and_seeded():
+    data = _Toy()
+    idx = real_init_indices(data, 4, seed=1)
+    assert torch.equal(data.y_train[idx], torch.tensor([0] * 4 + [1] * 4 + [2] * 4))
+    assert len(set(idx.tolist())) == 12 and torch.equal(idx, real_init_indices(data, 4, seed=1))
+    images, labels = init_synthetic(data, 4, seed=1)
+    assert torch.equal(images[:, 0, 0, 0], idx.float()) and torch.equal(labels, data.y_train[idx])
+    with pytest.raises(ValueError, match="needs 44 real images per class"):
+        init_synthetic(data, 11, seed=0, factor=2)
+    with pytest.raises(ValueError, match="init must be"):
+        init_synthetic(data, 1, seed=0, init="zeros")
+
+
+def test_factored_init_decodes_to_real_images():
+    from ddnb.augment import factor_decode
+
+    data = _Toy()
+    images, labels = init_synthetic(data, 2, seed=0, factor=2)
+    assert images.shape == (6, 1, 4, 4) and torch.equal(labels, torch.tensor([0, 0, 1, 1, 2, 2]))
+    tiles = factor_decode(images, 2, 4)[:, 0, 0, 0]  # constant images survive down/up-sampling exactly
+    idx = real_init_indices(data, 8, seed=0).float()
+    for n in range(6):  # stored image n holds the 4 real images of its class block, tile-major
+        c, k = divmod(n, 2)
+        assert torch.equal(tiles[n::6], idx[c * 8 + k * 4:c * 8 + k * 4 + 4])
+
+
+def test_build_synset_provenance():
+    from ddnb.synset import SyntheticSet
+
+    data = _Toy()
+    images, labels = init_synthetic(data, 1, seed=0)
+    s = build_synset(images.requires_grad_(), labels, data, method="toy", settings={"lr": 1.0}, seed=7,
+                     budget="smoke")
+    assert isinstance(s, SyntheticSet) and not s.images.requires_grad
+    assert {k: s.provenance[k] for k in ("method", "params", "seed", "budget")} == {
+        "method": "toy", "params": {"lr": 1.0}, "seed": 7, "budget": "smoke"}

@@ -1,0 +1,207 @@
+"""results.json (schema, validation, atomic writes), collecting runs into a table, and
+run_notebook on tiny generated notebooks (failure reporting, parameter validation)."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from ddnb import runs, utils
+
+
+def _write_ok(out: Path, **kw) -> Path:
+    """A valid results.json in `out` with one figure-like artifact."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "fig.png").write_bytes(b"png")
+    args = dict(notebook="nb", params={"ipc": 1, "dataset": "digits"}, metrics={"acc": 50.0},
+                findings=[runs.finding("a_beats_b", "a beats b", True, {"a": 2, "b": 1})],
+                artifacts=["fig.png"], started=time.time())
+    args.update(kw)
+    return runs.write_results(out, **args)
+
+
+def _notebook(path: Path, *sources: str, params: str = 'output_dir = "out"  # folder\nx = 1  # a number') -> Path:
+    """Write a notebook whose first code cell is the tagged parameters cell."""
+    cells = [new_code_cell(params, metadata={"tags": ["parameters"]}), *(new_code_cell(s) for s in sources)]
+    nbformat.write(new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "language": "python",
+                                                                      "display_name": "Python 3"}}), str(path))
+    return path
+
+
+# ------------------------------------------------------------------ findings and the schema
+
+def test_finding_accepts_bools_only():
+    assert runs.finding("x", "claim", np.bool_(True))["holds"] is True
+    assert runs.finding("x", "claim", False, {"v": np.float32(1.5)}) == {
+        "id": "x", "claim": "claim", "holds": False, "values": {"v": 1.5}}
+    for bad in (1, "yes", None):
+        with pytest.raises(ValueError, match="holds must be a bool"):
+            runs.finding("x", "claim", bad)
+    with pytest.raises(ValueError, match="identifier"):
+        runs.finding("has space", "claim", True)
+
+
+def test_write_results_schema(tmp_path):
+    started = time.time() - 5.0
+    path = _write_ok(tmp_path, started=started, metrics={"acc": np.float64(50.0), "n": 3})
+    res = json.loads(path.read_text())
+    assert list(res) == list(runs.RESULT_KEYS)
+    assert res["status"] == "ok" and res["error"] is None
+    assert res["params"] == {"ipc": 1, "dataset": "digits"}
+    assert res["metrics"] == {"acc": 50.0, "n": 3}
+    assert res["findings"] == [{"id": "a_beats_b", "claim": "a beats b", "holds": True, "values": {"a": 2, "b": 1}}]
+    assert res["artifacts"] == ["fig.png"]
+    assert set(res["versions"]) == {"python", "torch", "ddnb", "numpy"}
+    assert 5.0 <= res["duration_s"] < 60.0
+    assert runs.read_results(tmp_path) == res
+
+
+def test_artifacts_as_paths_or_names_or_all(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _write_ok(out, artifacts=[out / "fig.png", "fig.png"])
+    assert runs.read_results(out)["artifacts"] == ["fig.png"]
+    monkeypatch.chdir(tmp_path)  # a relative output_dir, as in a notebook: save_figure returns run/fig.png
+    _write_ok(Path("run"), artifacts=[Path("run") / "fig.png"])
+    assert runs.read_results(out)["artifacts"] == ["fig.png"]
+    (out / "sub").mkdir()
+    (out / "sub" / "x.txt").write_text("x")
+    _write_ok(out, artifacts=None)
+    assert runs.read_results(out)["artifacts"] == ["fig.png", "sub/x.txt"]
+    outside = tmp_path / "elsewhere.png"
+    outside.write_bytes(b"x")
+    for bad in ("missing.png", outside):
+        with pytest.raises(ValueError, match="not an existing file inside output_dir"):
+            _write_ok(out, artifacts=[bad])
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"metrics": {"acc": "50"}}, "metric 'acc' must be a finite number"),
+    ({"metrics": {"acc": float("nan")}}, "finite number"),
+    ({"metrics": {"ok": True}}, "finite number"),
+    ({"findings": [{"id": "a", "claim": "c", "holds": 1, "values": {}}]}, "holds must be a bool"),
+    ({"findings": [{"id": "a", "claim": "c"}]}, "a finding must be a dict with keys"),
+    ({"findings": [runs.finding("a", "c", True), runs.finding("a", "d", False)]}, "unique"),
+    ({"status": "done"}, "status must be one of"),
+    ({"status": "failed"}, "failed run needs an error"),
+    ({"error": "boom"}, "ok run has none"),
+])
+def test_write_results_rejects_bad_records_and_keeps_the_old_one(tmp_path, change, match):
+    path = _write_ok(tmp_path)
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match=match):
+        _write_ok(tmp_path, **change)
+    assert path.read_bytes() == before
+
+
+def test_write_results_is_atomic_when_the_write_crashes(tmp_path, monkeypatch):
+    path = _write_ok(tmp_path)
+    before = path.read_bytes()
+
+    def crash(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(utils.os, "fsync", crash)
+    with pytest.raises(OSError, match="disk full"):
+        _write_ok(tmp_path, metrics={"acc": 99.0})
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fig.png", "results.json"]
+
+
+def test_write_results_needs_an_existing_folder(tmp_path):
+    with pytest.raises(ValueError, match="not an existing folder"):
+        runs.write_results(tmp_path / "nope", "nb", {}, {}, [], [], None)
+
+
+# ------------------------------------------------------------------ collect
+
+def test_collect_two_runs_into_one_table(tmp_path):
+    _write_ok(tmp_path / "sweep" / "ipc1", params={"ipc": 1, "method": "dm"}, metrics={"acc": 50.0})
+    _write_ok(tmp_path / "sweep" / "deeper" / "ipc10", params={"ipc": 10, "method": "dm"},
+              metrics={"acc": 80.0, "seconds": 3.0},
+              findings=[runs.finding("a_beats_b", "a beats b", False), runs.finding("fast", "fast", True)])
+    table = runs.collect(tmp_path / "sweep").set_index("run")
+    assert len(table) == 2
+    assert table.loc["ipc1", "param.ipc"] == 1 and table.loc["deeper/ipc10", "param.ipc"] == 10
+    assert table.loc["deeper/ipc10", "metric.acc"] == 80.0
+    assert math.isnan(table.loc["ipc1", "metric.seconds"])  # a metric one run lacks
+    assert table.loc["ipc1", "finding.a_beats_b"] == True  # noqa: E712 (numpy bool)
+    assert table.loc["deeper/ipc10", "finding.a_beats_b"] == False  # noqa: E712
+    assert set(table["status"]) == {"ok"}
+    assert {"notebook", "duration_s", "error"} <= set(table.columns)
+
+
+def test_collect_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no folder"):
+        runs.collect(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="no results.json"):
+        runs.collect(tmp_path)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "results.json").write_text(json.dumps({"notebook": "x"}))
+    with pytest.raises(ValueError, match="bad/results.json"):
+        runs.collect(tmp_path)
+
+
+# ------------------------------------------------------------------ run_notebook
+
+def test_notebook_parameters_reads_literal_defaults(tmp_path):
+    nb = _notebook(tmp_path / "p.ipynb", params='output_dir = "o"  # folder\nipc = 10  # n\ndevice = None  # d')
+    assert runs.notebook_parameters(nb) == {"output_dir": "o", "ipc": 10, "device": None}
+
+
+def test_unreadable_parameter_line_is_an_error(tmp_path):
+    nb = _notebook(tmp_path / "p.ipynb", params='output_dir = "o"  # folder\nepochs = None  # None = default')
+    with pytest.raises(ValueError, match=r"cannot read parameter\(s\) \['epochs'\]"):
+        runs.notebook_parameters(nb)
+
+
+def test_run_notebook_validates_before_running(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.ipynb"):
+        runs.run_notebook(tmp_path / "nope.ipynb", {}, tmp_path / "out")
+    nb = _notebook(tmp_path / "p.ipynb", "1")
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['ipcc'\].*allowed: \['output_dir', 'x'\]"):
+        runs.run_notebook(nb, {"ipcc": 1}, tmp_path / "out")
+    with pytest.raises(ValueError, match="differs from out_dir"):
+        runs.run_notebook(nb, {"output_dir": str(tmp_path / "other")}, tmp_path / "out")
+    no_out = _notebook(tmp_path / "q.ipynb", "1", params="x = 1  # a number")
+    with pytest.raises(ValueError, match="no 'output_dir' parameter"):
+        runs.run_notebook(no_out, {}, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_notebook_that_dies_before_writing_results(tmp_path):
+    nb = _notebook(tmp_path / "dies.ipynb",
+                   "from pathlib import Path\n(Path(output_dir) / 'partial.txt').write_text(str(x))",
+                   "raise RuntimeError(f'broken at x={x}')")
+    out = tmp_path / "out"
+    out.mkdir()
+    _write_ok(out)  # a stale record of an earlier run must not survive as this run's
+    (out / "stale.txt").write_text("old")
+    res = runs.run_notebook(nb, {"x": 7}, out)
+    assert res["status"] == "failed"
+    assert "RuntimeError: broken at x=7" in res["error"]
+    assert res["params"] == {"output_dir": str(out.resolve()), "x": 7}
+    assert res["metrics"] == {} and res["findings"] == []
+    assert sorted(res["artifacts"]) == ["dies.ipynb", "partial.txt"]
+    assert (out / "partial.txt").read_text() == "7"
+    assert runs.read_results(out) == res
+    executed = nbformat.read(str(out / "dies.ipynb"), as_version=4)
+    assert any(o.get("ename") == "RuntimeError" for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+
+
+def test_run_notebook_that_dies_after_writing_results_keeps_them(tmp_path):
+    nb = _notebook(tmp_path / "late.ipynb",
+                   "import time\nfrom ddnb.runs import finding, write_results\n"
+                   "write_results(output_dir, 'late', {'x': x}, {'acc': 12.5}, [finding('f', 'c', True)], [], "
+                   "time.time())",
+                   "1 / 0")
+    res = runs.run_notebook(nb, {}, tmp_path / "out")
+    assert res["status"] == "failed" and res["error"].startswith("ZeroDivisionError")
+    assert res["notebook"] == "late" and res["params"] == {"x": 1}
+    assert res["metrics"] == {"acc": 12.5} and res["findings"][0]["holds"] is True
+    assert res["artifacts"] == ["late.ipynb"]
