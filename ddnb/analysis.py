@@ -63,7 +63,7 @@ def subsample_per_class(x: Tensor, y: Tensor, num_classes: int, n: int | None, s
 
 
 def _models(checkpoints: Checkpoints, template: nn.Module | None) -> Iterator[nn.Module]:
-    """Modules one at a time: a module, a list of modules, or flat vectors loaded in turn into one copy of `template`."""
+    """Modules one at a time: a module, a list of modules, or flat vectors loaded in turn into a template copy."""
     if isinstance(checkpoints, nn.Module):
         yield checkpoints
         return

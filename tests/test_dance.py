@@ -153,5 +153,6 @@ def test_registered_with_official_paper_budget():
     info = next(m for m in ddnb.list_methods() if m["name"] == "dance")
     assert info["kind"] == "distill" and info["budgets"] == ["cpu", "paper", "smoke"]
     p = D.BUDGETS["paper"]
-    assert (p["iterations"], p["n_experts"], p["expert_epochs"], p["batch_real"], p["factor"]) == (10_000, 5, 60, 128, 2)
-    assert (p["expert_lr"], p["expert_momentum"], p["expert_weight_decay"], p["lr_img_per_ipc"]) == (0.01, 0.9, 5e-4, 0.01)
+    got = (p["iterations"], p["n_experts"], p["expert_epochs"], p["batch_real"], p["factor"], p["expert_lr"],
+           p["expert_momentum"], p["expert_weight_decay"], p["lr_img_per_ipc"], p["momentum"], p["iter_calib"])
+    assert got == (10_000, 5, 60, 128, 2, 0.01, 0.9, 5e-4, 0.01, 0.5, 1)
