@@ -7,7 +7,7 @@ Every configuration runs in its own subprocess (glibc malloc settings are per pr
   ddnb           `ddnb.distill(...)` as a user calls it (malloc tuned by ddnb.alloc on import)
   ddnb default   the same with DDNB_MALLOC_TUNE=0 (glibc's default malloc), for the allocator's share
   plain          the reference code's loop (one class at a time, real features with autograd), default malloc
-  plain+tuned    the same loop with MALLOC_MMAP_THRESHOLD_/TRIM_THRESHOLD_/TOP_PAD_ set to ddnb.alloc's values
+  plain+tuned    the same loop with MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ set to ddnb.alloc's values
 The two ratios printed separate the allocator's share of the speed-up from the loop's.
 Add a method beside DM by adding an entry to METHODS (its ddnb worker and its plain worker).
 """

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 KMEANS_BACKENDS = ("torch", "sklearn")
+KMEANS_INITS = ("random", "k-means++")
 SAMPLERS = ("random", "dream")
 EMBED_CHUNK = 1024  # images embedded per forward pass when clustering a class
 
@@ -98,8 +99,18 @@ def _lloyd_update(x: Tensor, labels: Tensor, centres: Tensor, d2min: Tensor) -> 
     return new
 
 
-def kmeans_torch(x: Tensor, k: int, *, n_iter: int = 100, tol: float = 1e-4, seed: int = 0) -> KMeansResult:
-    """k-means (k-means++ seeding, Lloyd iterations) in torch on x's device; why: no host round trip.
+def _init_centres(x: Tensor, k: int, init: str, gen: torch.Generator, x_sq: Tensor) -> Tensor:
+    """Initial centres: k distinct random points ("random") or k-means++ seeding."""
+    if init == "random":
+        return x[torch.randperm(x.shape[0], generator=gen)[:k].to(x.device)].clone()
+    if init == "k-means++":
+        return _kmeans_pp(x, k, gen, x_sq)
+    raise ValueError(f"k-means init must be one of {KMEANS_INITS}, got {init!r}")
+
+
+def kmeans_torch(x: Tensor, k: int, *, n_iter: int = 100, tol: float = 1e-4, seed: int = 0,
+                 init: str = "k-means++") -> KMeansResult:
+    """k-means (random or k-means++ seeding, Lloyd iterations) in torch on x's device; why: no host round trip.
 
     Stops when the summed squared centre shift falls to tol * mean per-feature variance (the
     scikit-learn criterion) or after n_iter iterations.
@@ -108,7 +119,7 @@ def kmeans_torch(x: Tensor, k: int, *, n_iter: int = 100, tol: float = 1e-4, see
     x = x.detach().float()
     gen = torch.Generator().manual_seed(seed)
     x_sq = (x * x).sum(1)
-    centres = _kmeans_pp(x, k, gen, x_sq)
+    centres = _init_centres(x, k, init, gen, x_sq)
     threshold = tol * float(x.var(0, unbiased=False).mean())
     it = 0
     for it in range(1, n_iter + 1):

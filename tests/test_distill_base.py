@@ -141,3 +141,23 @@ def test_build_synset_provenance():
     assert isinstance(s, SyntheticSet) and not s.images.requires_grad
     assert {k: s.provenance[k] for k in ("method", "params", "seed", "budget")} == {
         "method": "toy", "params": {"lr": 1.0}, "seed": 7, "budget": "smoke"}
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, ["MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"]),
+    ({"MALLOC_MMAP_THRESHOLD_": "65536"}, ["MALLOC_TRIM_THRESHOLD_"]),  # the user's own choice wins
+    ({"DDNB_MALLOC_TUNE": "0"}, []),
+])
+def test_malloc_tuning_respects_environment(env, expected):
+    import os
+    import subprocess
+    import sys
+
+    from ddnb.alloc import _glibc
+
+    if _glibc() is None:
+        expected = []  # off glibc tuning is a no-op
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "DDNB_MALLOC_TUNE"}
+    out = subprocess.run([sys.executable, "-c", "import ddnb.alloc as a; print(sorted(a.tune_malloc()))"],
+                         env={**clean, **env}, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(expected)

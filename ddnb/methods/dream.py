@@ -18,6 +18,9 @@ ipc * factor**2 clusters. DREAM+ adds the feature term: D between the mean embed
 real and synthetic batch, taken from the same forward pass as the gradient term.
 Registered as "idc" (random sampling, gradient term, random real init), "dream" and "dream+";
 every piece is a setting, so `distill("idc", ..., sampler="dream")` is DREAM without cluster init.
+Budgets: `paper` = 002 §4.1 with the official code's values; `cpu` and `smoke` shrink the loop
+(iterations, inner loops, sub-clusters, clustering pool, network training) and enlarge the image
+step to match (`lr_img_factor`). The second half of the module holds notebook 03's measurements.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ddnb.augment import cutmix, dsa, factor_decode, factor_encode, factor_labels
+from ddnb.augment import cutmix, dsa, factor_decode, factor_encode
 from ddnb.methods import register
 from ddnb.methods.base import History, build_synset, check_ipc, init_synthetic, run_loop, seed_iteration
 from ddnb.models import get_model
@@ -47,14 +50,17 @@ NET_AUG = "color_crop"  # IDC's network-update augmentation (its matching strate
 
 _COMMON: dict[str, Any] = dict(
     arch="convnet3", factor=2, batch_real=128, batch_syn_max=128, per_cluster=1, interval=10, pool=None,
-    kmeans_backend="torch", kmeans_iters=100, feature_weight=1.0, metric=None, lr_img=None, momentum_img=0.5,
+    kmeans_backend="torch", kmeans_iters=100, feature_weight=1.0, metric=None, lr_img=None, lr_img_factor=1.0,
+    momentum_img=0.5,
     aug="color_crop_cutout", lr_net=0.01, momentum_net=0.9, weight_decay_net=5e-4, net_batch=64,
     net_data=500, warmup_data=None, cutmix_prob=0.5, eval_seeds=1, eval_epochs=None)
 _SCALE: dict[str, dict[str, Any]] = {
     "smoke": dict(iterations=2, inner_loops=1, batch_real=16, interval=1, pool=64, kmeans_iters=20,
-                  net_data=64, warmup_data=128, eval_epochs=4),
+                  net_data=64, warmup_data=128, eval_epochs=4, lr_img_factor=20.0),
+    # cpu: 32 inner steps instead of 120,000, so 20x larger image steps (at IDC's lr, 20 steps changed
+    # Fashion-MNIST images by 0.05 %); Tab. 5's N = 32 sub-clusters; a 256-image pool per clustering.
     "cpu": dict(iterations=8, inner_loops=4, batch_real=32, interval=4, pool=256, kmeans_iters=50,
-                net_data=128, warmup_data=1000, eval_epochs=50),
+                net_data=128, warmup_data=1000, eval_epochs=50, lr_img_factor=20.0),
     "paper": dict(iterations=1200, inner_loops=100),
 }
 _VARIANTS = {
@@ -105,9 +111,9 @@ def _check_settings(s: dict[str, Any], name: str) -> None:
                          ("kmeans_backend", KMEANS_BACKENDS)):
         if s[key] not in allowed:
             raise ValueError(f"{name} setting {key} must be one of {allowed}, got {s[key]!r}")
-    if not s["feature_weight"] >= 0 or not 0 <= s["cutmix_prob"] <= 1:
-        raise ValueError(f"{name} needs feature_weight >= 0 and 0 <= cutmix_prob <= 1, got "
-                         f"{s['feature_weight']!r}, {s['cutmix_prob']!r}")
+    if not s["feature_weight"] >= 0 or not 0 <= s["cutmix_prob"] <= 1 or not s["lr_img_factor"] > 0:
+        raise ValueError(f"{name} needs feature_weight >= 0, 0 <= cutmix_prob <= 1 and lr_img_factor > 0, got "
+                         f"{s['feature_weight']!r}, {s['cutmix_prob']!r}, {s['lr_img_factor']!r}")
 
 
 # ---------------------------------------------------------------- the loss
@@ -273,8 +279,8 @@ def _distill(name: str, dataset: Any, ipc: int, *, seed: int, device: Any, budge
     metric = resolve_metric(s["metric"], data.name)
     images, labels = initial_images(data, ipc, s, seed, dev)
     images.requires_grad_(True)
-    opt_img = torch.optim.SGD([images], lr=resolve_lr_img(s["lr_img"], metric, ipc, data.image_size),
-                              momentum=s["momentum_img"])
+    lr_img = resolve_lr_img(s["lr_img"], metric, ipc, data.image_size) * s["lr_img_factor"]
+    opt_img = torch.optim.SGD([images], lr=lr_img, momentum=s["momentum_img"])
     sampler = sampler_from_settings(s, data, s["batch_real"], seed)
     lo, hi = pixel_bounds(data, dev)
     k, size, inner = data.num_classes, data.image_size, s["inner_loops"]
@@ -313,7 +319,7 @@ def _distill(name: str, dataset: Any, ipc: int, *, seed: int, device: Any, budge
                        checkpoint_every=checkpoint_every, resume=resume, progress=progress, eval_fn=evaluate,
                        eval_every=eval_every, callback=callback)
     return build_synset(images, labels, data, method=name, settings=s, seed=seed, budget=budget, factor=s["factor"],
-                        metric=metric), history
+                        metric=metric, lr_img=lr_img), history
 
 
 def _entry(name: str) -> Callable[..., tuple[Any, History]]:
