@@ -1,9 +1,10 @@
 """DREAM's clustering step: k-means in torch (ddnb.sampling.kmeans_torch) against scikit-learn.
 
 The data are what DREAM clusters: ConvNet-3 embeddings (random init, as at the start of a
-distillation) of the training images of one class. Both backends run k-means++ with one init,
-at most 100 Lloyd iterations, tol 1e-4; each is timed `--repeats` times (median) after one warm-up.
-Prints both timings, their ratio, and both inertias (lower = better clustering).
+distillation) of the training images of one class. Both backends run what DREAM runs: one
+random seeding (k data points), at most 100 Lloyd iterations, tol 1e-4; each is timed
+`--repeats` times (median) after one warm-up. Prints both timings, their ratio, both inertias
+(lower = better clustering) and the Lloyd iterations each ran.
 
     python benchmarks/bench_kmeans.py [--dataset fashion_mnist] [--n 6000 1000] [--k 128] [--device cpu]
 """

@@ -64,10 +64,13 @@ def test_torch_kmeans_matches_sklearn_inertia_on_blobs():
 
     x, _ = make_blobs(n_samples=600, centers=6, n_features=8, cluster_std=0.4, random_state=0)
     x = torch.tensor(x, dtype=torch.float32)
-    ours = kmeans_torch(x, 6, seed=0)
-    ref = kmeans(x, 6, backend="sklearn", seed=0)
+    ours = kmeans(x, 6, backend="torch", seed=0, init="k-means++")
+    ref = kmeans(x, 6, backend="sklearn", seed=0, init="k-means++")
     assert ours.inertia == pytest.approx(ref.inertia, rel=0.01)
     assert ours.inertia == pytest.approx(float(((x - ours.centres[ours.labels]) ** 2).sum()), rel=1e-4)
+    rand = kmeans_torch(x, 6, seed=0, init="random")  # DREAM's seeding: a valid partition with its inertia
+    assert rand.inertia == pytest.approx(float(((x - rand.centres[rand.labels]) ** 2).sum()), rel=1e-4)
+    assert rand.inertia >= ours.inertia * (1 - 1e-4)
     # every blob is one cluster: the partitions agree up to relabelling
     pairs = {(int(a), int(b)) for a, b in zip(ours.labels, ref.labels)}
     assert len(pairs) == 6
@@ -81,17 +84,19 @@ def test_kmeans_rejects_bad_k_and_backend():
         kmeans(x, 2, backend="faiss")
 
 
-def test_dream_sampler_picks_sample_nearest_each_centre():
+@pytest.mark.parametrize("backend", ["torch", "sklearn"])
+def test_dream_sampler_picks_sample_nearest_each_centre(backend):
     data = tiny_dataset()
-    sampler = DreamSampler(data, batch_size=4, interval=3, seed=7)
+    sampler = DreamSampler(data, batch_size=4, interval=3, seed=7, backend=backend)
     sampler.bind(FlatEmbed())
     idx = sampler.select(1, 0)
     class_idx = data.class_indices()[1]
     feats = data.x_train[class_idx].flatten(1)
     # the same clustering, recomputed with the seed the sampler used for (class 1, block 0)
-    local = representatives(FlatEmbed(), data.x_train[class_idx], 4, 1, seed=sampler.cluster_seed(1, 0))
+    seed = sampler.cluster_seed(1, 0)
+    local = representatives(FlatEmbed(), data.x_train[class_idx], 4, 1, backend=backend, seed=seed)
     assert idx.tolist() == class_idx[local].tolist()
-    centres = kmeans_torch(feats, 4, seed=sampler.cluster_seed(1, 0)).centres
+    centres = kmeans(feats, 4, backend=backend, seed=seed).centres
     assert_nearest(idx.tolist(), class_idx, feats, centres)
     assert set(idx.tolist()) <= set(class_idx.tolist())
 
@@ -122,7 +127,7 @@ def test_per_cluster_takes_n_nearest_of_each_centre():
     idx = sampler.select(0, 0)
     class_idx = data.class_indices()[0]
     feats = data.x_train[class_idx].flatten(1)
-    centres = kmeans_torch(feats, 2, seed=sampler.cluster_seed(0, 0)).centres
+    centres = kmeans(feats, 2, seed=sampler.cluster_seed(0, 0)).centres
     for j, c in enumerate(centres):
         order = torch.argsort(((feats - c) ** 2).sum(1))[:3]
         assert idx[3 * j:3 * j + 3].tolist() == class_idx[order].tolist()
@@ -176,7 +181,7 @@ def test_kmeans_init_returns_real_images_nearest_the_centres():
     assert idx.shape == (9,)
     for c, class_idx in enumerate(data.class_indices()):
         feats = data.x_train[class_idx].flatten(1)
-        centres = kmeans_torch(feats, 3, seed=5 * 1009 + c).centres
+        centres = kmeans(feats, 3, seed=5 * 1009 + c).centres
         assert_nearest(idx[3 * c:3 * c + 3].tolist(), class_idx, feats, centres)
     images = encode_per_class(data.x_train[idx], 3, 3, 1)
     assert torch.equal(images, data.x_train[idx])
@@ -263,7 +268,8 @@ def test_selection_points_picks_the_batch_coordinates():
 
     coords = np.arange(20, dtype=float).reshape(10, 2)
     labels = torch.tensor([0] * 5 + [1] * 5)
-    sel = {"dream": torch.tensor([[[0, 1], [5, 6]], [[2, 3], [7, 8]]]), "random": torch.zeros(2, 2, 2, dtype=torch.long)}
+    sel = {"dream": torch.tensor([[[0, 1], [5, 6]], [[2, 3], [7, 8]]]),
+           "random": torch.zeros(2, 2, 2, dtype=torch.long)}
     pts = selection_points(coords, labels, sel, cls=1, step=1)
     assert np.array_equal(pts["class"], coords[5:])
     assert np.array_equal(pts["dream"], coords[[7, 8]])
