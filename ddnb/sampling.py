@@ -373,6 +373,13 @@ def sampler_from_settings(settings: dict[str, Any], dataset: Any, batch_size: in
     return make_sampler(settings["sampler"], dataset, batch_size, seed=seed)
 
 
+def plugin_sampler(settings: dict[str, Any], dataset: Any, batch_size: int, seed: int = 0) -> DreamSampler | None:
+    """For a method with its own uniform draw (DC, DSA, DM): None for sampler="random", else the DREAM sampler."""
+    if settings["sampler"] not in SAMPLERS:
+        raise ValueError(f"unknown sampler {settings['sampler']!r}; allowed: {', '.join(SAMPLERS)}")
+    return sampler_from_settings(settings, dataset, batch_size, seed) if settings["sampler"] == "dream" else None
+
+
 # ---------------------------------------------------------------- analysis of representative sampling
 
 def per_sample_grad_norms(model: nn.Module, x: Tensor, y: Tensor, chunk: int = 64) -> Tensor:

@@ -45,13 +45,9 @@ def register(name: str, kind: str, budgets: dict[str, dict[str, Any]] | None = N
 
 
 def _load_all() -> None:
-    """Import every method module so its @register calls run (modules not written yet are skipped)."""
+    """Import every method module so its @register calls run."""
     for mod in _METHOD_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name != mod:
-                raise
+        importlib.import_module(mod)
 
 
 def get_method(name: str, kind: str | None = None) -> MethodInfo:

@@ -302,6 +302,17 @@ def _encode_class(real: Tensor, ipc: int, factor: int, encode: Callable[[Tensor,
     return encode(real.reshape(ipc, factor * factor, *real.shape[1:]).transpose(0, 1).flatten(0, 1), factor)
 
 
+def in_loop_eval(current: Callable[[dict[str, Any]], Any], dataset: Any, device: torch.device,
+                 **eval_kw: Any) -> Callable[[dict[str, Any]], Any]:
+    """run_loop's `eval_fn`: evaluate the set `current(state)` builds from the loop state (evaluate_synset)."""
+    from ddnb.train import evaluate_synset
+
+    def run(state: dict[str, Any]) -> Any:
+        return evaluate_synset(current(state), dataset, device=device, progress=False, **eval_kw)
+
+    return run
+
+
 def build_synset(images: Tensor, labels: Tensor, dataset: Any, *, method: str, settings: dict[str, Any],
                  seed: int, budget: str, factor: int = 1, **extra: Any) -> Any:
     """The result SyntheticSet (on CPU, detached) with provenance: method, params, seed, budget, versions."""

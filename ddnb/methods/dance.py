@@ -38,7 +38,8 @@ from torch import Tensor
 from ddnb.experts import Trajectory, load_params, train_experts
 from ddnb.matching import calibration_loss
 from ddnb.methods import register
-from ddnb.methods.base import History, build_synset, init_synthetic, real_init_indices, run_loop, seed_iteration
+from ddnb.methods.base import (History, build_synset, in_loop_eval, init_synthetic, real_init_indices, run_loop,
+                              seed_iteration)
 from ddnb.methods.dm import (FreshNet, class_seeds, dm_loss, real_class_means, sample_real, syn_by_class,
                              syn_class_means)
 from ddnb.utils import resolve_device
@@ -166,19 +167,6 @@ def _check_settings(s: dict[str, Any]) -> None:
             raise ValueError(f"DANCE setting {key} must be True or False, got {s[key]!r}")
 
 
-def _eval_fn(images: Tensor, labels: Tensor, dataset: Any, settings: dict[str, Any], seed: int,
-             budget: str, device: torch.device) -> Callable[[dict[str, Any]], Any]:
-    """In-loop evaluation: `eval_seeds` ConvNets trained on the current set (with DSA, as DM's)."""
-    from ddnb.train import evaluate_synset
-
-    def run(state: dict[str, Any]) -> Any:
-        synset = build_synset(images, labels, dataset, method="dance", settings=settings, seed=seed,
-                              budget=budget, factor=settings["factor"])
-        return evaluate_synset(synset, dataset, arch=settings["arch"], seeds=settings["eval_seeds"],
-                               dsa=settings["dsa"], device=device, progress=False)
-
-    return run
-
 
 @register("dance", "distill", budgets=BUDGETS,
           paper="DANCE (IJCAI 2024) 001 §4.1 and the official code (Hansong-Zhang/DANCE)")
@@ -235,9 +223,13 @@ def dance(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, settin
             calib = sum(calibrate(g) for _ in range(s["iter_calib"]))
         return loss.item() + calib
 
-    evaluate = _eval_fn(images, labels, data, s, seed, budget, dev) if eval_every else None
+    def current(state: dict[str, Any] | None = None) -> Any:
+        return build_synset(images, labels, data, method="dance", settings=s, seed=seed, budget=budget,
+                            factor=s["factor"], ipc=ipc)
+
+    evaluate = in_loop_eval(current, data, dev, arch=s["arch"], seeds=s["eval_seeds"], dsa=s["dsa"])
     history = run_loop(step, {"images": images, "optimizer": opt}, method="dance", settings=s,
                        n_iters=s["iterations"], out_dir=out_dir, checkpoint_every=checkpoint_every, resume=resume,
-                       progress=progress, eval_fn=evaluate, eval_every=eval_every, callback=callback)
-    return build_synset(images, labels, data, method="dance", settings=s, seed=seed, budget=budget,
-                        factor=s["factor"], ipc=ipc), history
+                       progress=progress, eval_fn=evaluate if eval_every else None, eval_every=eval_every,
+                       callback=callback)
+    return current(), history

@@ -21,8 +21,9 @@ from torch import Tensor, nn
 from ddnb.augment import DSA_STRATEGY, dsa, factor_decode, factor_labels
 from ddnb.matching import gradient_distance
 from ddnb.methods import register
-from ddnb.methods.base import History, build_synset, init_synthetic, run_loop, seed_iteration
+from ddnb.methods.base import History, build_synset, in_loop_eval, init_synthetic, run_loop, seed_iteration
 from ddnb.models import get_model
+from ddnb.sampling import SAMPLER_SETTINGS, plugin_sampler
 from ddnb.utils import resolve_device
 
 # Reference get_loops (DatasetCondensation utils.py): ipc -> (outer_loop, inner_loop).
@@ -31,7 +32,7 @@ METRICS = ("ours", "mse", "cos")  # ddnb.matching.gradient_distance metrics
 BN_IMAGES_PER_CLASS = 16  # reference BNSizePC: real images per class that set frozen BatchNorm statistics
 
 _COMMON = dict(arch="convnet3", lr_img=0.1, momentum=0.5, lr_net=0.01, batch_train=256, metric="ours",
-               outer_loop=None, inner_loop=None, factor=1, eval_seeds=1)
+               outer_loop=None, inner_loop=None, factor=1, eval_seeds=1, **SAMPLER_SETTINGS)
 DC_BUDGETS = {
     "smoke": {**_COMMON, "iterations": 2, "batch_real": 16, "init": "real", "outer_loop": 2, "inner_loop": 1},
     "cpu": {**_COMMON, "iterations": 20, "batch_real": 64, "init": "real", "outer_loop": 5, "inner_loop": 10},
@@ -135,19 +136,6 @@ def _check_settings(s: dict[str, Any], name: str) -> None:
                          f"{s['lr_img']!r}, {s['lr_net']!r}, {s['momentum']!r}")
 
 
-def _eval_fn(images: Tensor, labels: Tensor, dataset: Any, s: dict[str, Any], name: str, seed: int, budget: str,
-             device: torch.device, strategy: str | None) -> Callable[[dict[str, Any]], Any]:
-    """In-loop evaluation: `eval_seeds` ConvNets trained on the current set (DC protocol; DSA when DSA)."""
-    from ddnb.train import evaluate_synset
-
-    def run(state: dict[str, Any]) -> Any:
-        synset = build_synset(images, labels, dataset, method=name, settings=s, seed=seed, budget=budget,
-                              factor=s["factor"])
-        return evaluate_synset(synset, dataset, arch=s["arch"], seeds=s["eval_seeds"], dsa=strategy or False,
-                               device=device, progress=False)
-
-    return run
-
 
 def _gradient_matching(name: str, strategy: str | None, dataset: Any, ipc: int, *, seed: int, device: Any,
                        budget: str, settings: dict[str, Any], out_dir: Any, resume: bool, progress: bool,
@@ -163,6 +151,8 @@ def _gradient_matching(name: str, strategy: str | None, dataset: Any, ipc: int, 
     images.requires_grad_(True)
     opt_img = torch.optim.SGD([images], lr=s["lr_img"], momentum=s["momentum"])
     k, (ch, size, _) = data.num_classes, data.image_shape
+    sampler = plugin_sampler(s, data, s["batch_real"], seed)  # sampler="dream": DREAM's representative batches
+    state: dict[str, Any] = {"images": images, "optimizer": opt_img, **({"sampler": sampler} if sampler else {})}
     y_train = factor_labels(labels, s["factor"]) if s["factor"] > 1 else labels
 
     def x_train() -> Tensor:
@@ -178,7 +168,11 @@ def _gradient_matching(name: str, strategy: str | None, dataset: Any, ipc: int, 
         total = 0.0
         for ol in range(outer):
             freeze_batchnorm(net, data, g)
-            real = real_per_class(data, s["batch_real"], g)
+            if sampler:
+                sampler.bind(net)
+                real = [sampler.sample(c, it * outer + ol) for c in range(k)]
+            else:
+                real = real_per_class(data, s["batch_real"], g)
             seeds = torch.randint(0, 2**31 - 1, (k,), generator=g).tolist() if strategy else None
             loss = dc_loss(net, real, syn_per_class(images, ipc, k, s["factor"], size), s["metric"], strategy, seeds)
             opt_img.zero_grad(set_to_none=True)
@@ -189,12 +183,16 @@ def _gradient_matching(name: str, strategy: str | None, dataset: Any, ipc: int, 
                 train_on_synthetic(net, opt_net, x_train(), y_train, inner, s["batch_train"], strategy)
         return total / (k * outer)
 
-    evaluate = _eval_fn(images, labels, data, s, name, seed, budget, dev, strategy) if eval_every else None
-    history = run_loop(step, {"images": images, "optimizer": opt_img}, method=name, settings=s,
+    def current(state: dict[str, Any] | None = None) -> Any:
+        return build_synset(images, labels, data, method=name, settings=s, seed=seed, budget=budget,
+                            factor=s["factor"])
+
+    evaluate = in_loop_eval(current, data, dev, arch=s["arch"], seeds=s["eval_seeds"], dsa=strategy or False)
+    history = run_loop(step, state, method=name, settings=s,
                        n_iters=s["iterations"], out_dir=out_dir, checkpoint_every=checkpoint_every, resume=resume,
-                       progress=progress, eval_fn=evaluate, eval_every=eval_every, callback=callback)
-    return build_synset(images, labels, data, method=name, settings=s, seed=seed, budget=budget,
-                        factor=s["factor"]), history
+                       progress=progress, eval_fn=evaluate if eval_every else None, eval_every=eval_every,
+                       callback=callback)
+    return current(), history
 
 
 @register("dc", "distill", budgets=DC_BUDGETS,

@@ -22,14 +22,15 @@ from torch import Tensor, nn
 
 from ddnb.augment import DSA_STRATEGY, dsa, factor_decode, factor_labels
 from ddnb.methods import register
-from ddnb.methods.base import History, build_synset, init_synthetic, run_loop, seed_iteration
+from ddnb.methods.base import History, build_synset, in_loop_eval, init_synthetic, run_loop, seed_iteration
 from ddnb.models import get_model
+from ddnb.sampling import SAMPLER_SETTINGS, plugin_sampler
 from ddnb.utils import resolve_device
 
 log = logging.getLogger(__name__)
 
 _COMMON = dict(arch="convnet3", lr_img=1.0, momentum=0.5, dsa=True, dsa_strategy=DSA_STRATEGY, init="real",
-               factor=1, channels_last=True, compile=False, real_chunk=256, eval_seeds=1)
+               factor=1, channels_last=True, compile=False, real_chunk=256, eval_seeds=1, **SAMPLER_SETTINGS)
 BUDGETS = {
     "smoke": {**_COMMON, "iterations": 20, "batch_real": 32},  # seconds on digits, for tests
     "cpu": {**_COMMON, "iterations": 500, "batch_real": 128},  # minutes for Fashion-MNIST IPC 10 on 2 cores
@@ -169,19 +170,6 @@ def _check_settings(s: dict[str, Any]) -> None:
         raise ValueError(f"DM needs lr_img > 0 and 0 <= momentum < 1, got {s['lr_img']!r}, {s['momentum']!r}")
 
 
-def _eval_fn(images: Tensor, labels: Tensor, dataset: Any, settings: dict[str, Any], seed: int,
-             budget: str, device: torch.device) -> Callable[[dict[str, Any]], Any]:
-    """In-loop evaluation: `eval_seeds` ConvNets trained on the current set (the DM protocol, with DSA)."""
-    from ddnb.train import evaluate_synset
-
-    def run(state: dict[str, Any]) -> Any:
-        synset = build_synset(images, labels, dataset, method="dm", settings=settings, seed=seed,
-                              budget=budget, factor=settings["factor"])
-        return evaluate_synset(synset, dataset, arch=settings["arch"], seeds=settings["eval_seeds"],
-                               dsa=settings["dsa"], device=device, progress=False)
-
-    return run
-
 
 @register("dm", "distill", budgets=BUDGETS,
           paper="DM (Zhao & Bilen, WACV 2023) reference code; 001 §4.1 / Tab. 1")
@@ -198,11 +186,17 @@ def dm(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, settings:
     opt = torch.optim.SGD([images], lr=s["lr_img"], momentum=s["momentum"])
     fresh = FreshNet(s["arch"], data, dev, s["channels_last"], s["compile"])
     strategy = s["dsa_strategy"] if s["dsa"] else None
+    sampler = plugin_sampler(s, data, s["batch_real"], seed)  # sampler="dream": DREAM's representative batches
+    state: dict[str, Any] = {"images": images, "optimizer": opt, **({"sampler": sampler} if sampler else {})}
 
     def step(it: int) -> float:
         g = seed_iteration(seed, it)
         fresh.renew()
-        real = sample_real(data, s["batch_real"], g)
+        if sampler:
+            sampler.bind(fresh.net)
+            real = [sampler.sample(c, it) for c in range(data.num_classes)]
+        else:
+            real = sample_real(data, s["batch_real"], g)
         seeds = class_seeds(g, data.num_classes)
         mean_real = real_class_means(fresh.embed, real, seeds, strategy, s["real_chunk"], s["channels_last"])
         syn = syn_by_class(images, labels, data.num_classes, s["factor"], data.image_size)
@@ -212,9 +206,13 @@ def dm(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, settings:
         opt.step()
         return loss.item()
 
-    evaluate = _eval_fn(images, labels, data, s, seed, budget, dev) if eval_every else None
-    history = run_loop(step, {"images": images, "optimizer": opt}, method="dm", settings=s,
+    def current(state: dict[str, Any] | None = None) -> Any:
+        return build_synset(images, labels, data, method="dm", settings=s, seed=seed, budget=budget,
+                            factor=s["factor"])
+
+    evaluate = in_loop_eval(current, data, dev, arch=s["arch"], seeds=s["eval_seeds"], dsa=s["dsa"])
+    history = run_loop(step, state, method="dm", settings=s,
                        n_iters=s["iterations"], out_dir=out_dir, checkpoint_every=checkpoint_every, resume=resume,
-                       progress=progress, eval_fn=evaluate, eval_every=eval_every, callback=callback)
-    return build_synset(images, labels, data, method="dm", settings=s, seed=seed, budget=budget,
-                        factor=s["factor"]), history
+                       progress=progress, eval_fn=evaluate if eval_every else None, eval_every=eval_every,
+                       callback=callback)
+    return current(), history

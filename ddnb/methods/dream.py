@@ -34,7 +34,8 @@ from torch import Tensor, nn
 
 from ddnb.augment import cutmix, dsa, factor_decode, factor_encode
 from ddnb.methods import register
-from ddnb.methods.base import History, build_synset, check_ipc, init_synthetic, run_loop, seed_iteration
+from ddnb.methods.base import (History, build_synset, check_ipc, in_loop_eval, init_synthetic, run_loop,
+                               seed_iteration)
 from ddnb.models import get_model
 from ddnb.sampling import (KMEANS_BACKENDS, SAMPLERS, DreamSampler, RandomSampler, centre_boundary_split, coverage,
                            embed_images, per_sample_grad_norms, representatives, sampler_from_settings)
@@ -253,20 +254,6 @@ def _syn_class(images: Tensor, c: int, ipc: int, factor: int, size: int, max_siz
     return x
 
 
-def _eval_fn(images: Tensor, labels: Tensor, data: Any, s: dict[str, Any], name: str, seed: int, budget: str,
-             device: torch.device) -> Callable[[dict[str, Any]], Any]:
-    """In-loop evaluation of the current set: DSA + CutMix training as IDC's evaluation (DC protocol lr)."""
-    from ddnb.train import evaluate_synset
-
-    def run(state: dict[str, Any]) -> Any:
-        synset = build_synset(images, labels, data, method=name, settings=s, seed=seed, budget=budget,
-                              factor=s["factor"])
-        return evaluate_synset(synset, data, arch=s["arch"], seeds=s["eval_seeds"], epochs=s["eval_epochs"],
-                               dsa=True, device=device, progress=False, cutmix_alpha=1.0,
-                               cutmix_prob=s["cutmix_prob"])
-
-    return run
-
 
 def _distill(name: str, dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, settings: dict[str, Any],
              out_dir: Any, resume: bool, progress: bool, checkpoint_every: int | None, eval_every: int,
@@ -317,12 +304,17 @@ def _distill(name: str, dataset: Any, ipc: int, *, seed: int, device: Any, budge
         state["grad_term"], state["feature_term"] = grad_sum / (k * inner), feat_sum / (k * inner)
         return total / (k * inner)
 
-    evaluate = _eval_fn(images, labels, data, s, name, seed, budget, dev) if eval_every else None
+    def current(state: dict[str, Any] | None = None) -> Any:
+        return build_synset(images, labels, data, method=name, settings=s, seed=seed, budget=budget,
+                            factor=s["factor"], metric=metric, lr_img=lr_img)
+
+    # IDC's evaluation: DSA + CutMix training (DC protocol lr)
+    evaluate = in_loop_eval(current, data, dev, arch=s["arch"], seeds=s["eval_seeds"], epochs=s["eval_epochs"],
+                            dsa=True, cutmix_alpha=1.0, cutmix_prob=s["cutmix_prob"])
     history = run_loop(step, state, method=name, settings=s, n_iters=s["iterations"], out_dir=out_dir,
-                       checkpoint_every=checkpoint_every, resume=resume, progress=progress, eval_fn=evaluate,
-                       eval_every=eval_every, callback=callback)
-    return build_synset(images, labels, data, method=name, settings=s, seed=seed, budget=budget, factor=s["factor"],
-                        metric=metric, lr_img=lr_img), history
+                       checkpoint_every=checkpoint_every, resume=resume, progress=progress,
+                       eval_fn=evaluate if eval_every else None, eval_every=eval_every, callback=callback)
+    return current(), history
 
 
 def _entry(name: str) -> Callable[..., tuple[Any, History]]:

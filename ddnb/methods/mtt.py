@@ -31,8 +31,8 @@ from torch.func import functional_call
 from ddnb.augment import DSA_STRATEGY, dsa, factor_decode, factor_encode, factor_labels
 from ddnb.matching import trajectory_loss
 from ddnb.methods import register
-from ddnb.methods.base import (History, build_synset, check_ipc, init_synthetic, real_init_indices, run_loop,
-                              seed_iteration)
+from ddnb.methods.base import (History, build_synset, check_ipc, in_loop_eval, init_synthetic, real_init_indices,
+                              run_loop, seed_iteration)
 from ddnb.models import get_model
 from ddnb.utils import resolve_device
 
@@ -247,18 +247,6 @@ def _check_datm_settings(s: dict[str, Any], n_epochs: int) -> None:
         raise ValueError(f"datm needs lr_y > 0 and 0 <= momentum_y < 1, got {s['lr_y']!r}, {s['momentum_y']!r}")
 
 
-def _eval_fn(images: Tensor, labels: Tensor, data: Any, s: dict[str, Any], name: str, seed: int, budget: str,
-             device: torch.device, label_kind: str) -> Callable[[dict[str, Any]], Any]:
-    """In-loop evaluation: `eval_seeds` ConvNets trained on the current set with DSA (hard-label protocol)."""
-    from ddnb.train import evaluate_synset
-
-    def run(state: dict[str, Any]) -> Any:
-        synset = _result(images, labels, data, s, name, seed, budget, state, label_kind)
-        return evaluate_synset(synset, data, arch=s["arch"], seeds=s["eval_seeds"], dsa=bool(s["dsa_strategy"]),
-                               device=device, progress=False)
-
-    return run
-
 
 def _result(images: Tensor, labels: Tensor, data: Any, s: dict[str, Any], name: str, seed: int, budget: str,
             state: dict[str, Any], label_kind: str) -> Any:
@@ -324,10 +312,11 @@ def _trajectory_matching(name: str, dataset: Any, ipc: int, *, seed: int, device
         return loss.item()
 
     kind = "soft_logits" if datm else "hard"
-    evaluate = _eval_fn(images, labels, data, s, name, seed, budget, dev, kind) if eval_every else None
+    evaluate = in_loop_eval(lambda st: _result(images, labels, data, s, name, seed, budget, st, kind), data, dev,
+                            arch=s["arch"], seeds=s["eval_seeds"], dsa=bool(s["dsa_strategy"]))
     history = run_loop(step, state, method=name, settings=s, n_iters=s["iterations"], out_dir=out_dir,
-                       checkpoint_every=checkpoint_every, resume=resume, progress=progress, eval_fn=evaluate,
-                       eval_every=eval_every, callback=callback)
+                       checkpoint_every=checkpoint_every, resume=resume, progress=progress,
+                       eval_fn=evaluate if eval_every else None, eval_every=eval_every, callback=callback)
     return _result(images, labels, data, s, name, seed, budget, state, kind), history
 
 
