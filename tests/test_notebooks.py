@@ -15,7 +15,8 @@ NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 REQUIRED = {"dataset", "ipc", "seed", "budget", "device", "output_dir"}
 # Smoke settings; each notebook gets those of its parameters that are here.
-SMOKE = {"dataset": "digits", "budget": "smoke", "eval_epochs": 10, "eval_seeds": 2}
+# ipc 2 keeps the smoke runs small: factor-2 methods train on ipc x 4 decoded images per class
+SMOKE = {"dataset": "digits", "budget": "smoke", "ipc": 2, "eval_epochs": 10, "eval_seeds": 2}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
