@@ -26,6 +26,18 @@ def test_atomic_write_keeps_old_file_when_serialization_fails(tmp_path):
     assert json.loads(path.read_text()) == {"x": 1}
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_atomic_write_gives_the_mode_open_would(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        utils.atomic_write_text(tmp_path / "a.txt", "x")
+        with open(tmp_path / "b.txt", "w") as fh:  # what a plain write makes under this umask
+            fh.write("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == (tmp_path / "b.txt").stat().st_mode & 0o777
+
+
 def test_seed_everything_repeats_and_rejects_bad_seed():
     g1 = utils.seed_everything(3)
     a = torch.rand(3, generator=g1), torch.rand(3)
