@@ -24,8 +24,10 @@ data:
 			|| echo "apt-get could not install dataset-fashion-mnist; tests that need it are skipped"; \
 	fi
 
+# One OpenMP thread: the tests' tensors are small, and two threads on a busy 2-core machine spin at every
+# barrier (measured: a small ConvNet double backward 10x slower with 2 threads beside another job).
 test: setup data
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
 # The quickstart notebook, headless, on the embedded digits data (a minute or two on a laptop CPU).
 demo: setup data
