@@ -167,7 +167,6 @@ def _check_settings(s: dict[str, Any]) -> None:
             raise ValueError(f"DANCE setting {key} must be True or False, got {s[key]!r}")
 
 
-
 @register("dance", "distill", budgets=BUDGETS,
           paper="DANCE (IJCAI 2024) 001 §4.1 and the official code (Hansong-Zhang/DANCE)")
 def dance(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, settings: dict[str, Any],

@@ -136,7 +136,6 @@ def _check_settings(s: dict[str, Any], name: str) -> None:
                          f"{s['lr_img']!r}, {s['lr_net']!r}, {s['momentum']!r}")
 
 
-
 def _gradient_matching(name: str, strategy: str | None, dataset: Any, ipc: int, *, seed: int, device: Any,
                        budget: str, settings: dict[str, Any], out_dir: Any, resume: bool, progress: bool,
                        checkpoint_every: int | None, eval_every: int,

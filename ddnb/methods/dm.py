@@ -170,7 +170,6 @@ def _check_settings(s: dict[str, Any]) -> None:
         raise ValueError(f"DM needs lr_img > 0 and 0 <= momentum < 1, got {s['lr_img']!r}, {s['momentum']!r}")
 
 
-
 @register("dm", "distill", budgets=BUDGETS,
           paper="DM (Zhao & Bilen, WACV 2023) reference code; 001 §4.1 / Tab. 1")
 def dm(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, settings: dict[str, Any],

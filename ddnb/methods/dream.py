@@ -254,7 +254,6 @@ def _syn_class(images: Tensor, c: int, ipc: int, factor: int, size: int, max_siz
     return x
 
 
-
 def _distill(name: str, dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, settings: dict[str, Any],
              out_dir: Any, resume: bool, progress: bool, checkpoint_every: int | None, eval_every: int,
              callback: Callable[[int, dict[str, Any]], None] | None) -> tuple[Any, History]:

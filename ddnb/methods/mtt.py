@@ -247,7 +247,6 @@ def _check_datm_settings(s: dict[str, Any], n_epochs: int) -> None:
         raise ValueError(f"datm needs lr_y > 0 and 0 <= momentum_y < 1, got {s['lr_y']!r}, {s['momentum_y']!r}")
 
 
-
 def _result(images: Tensor, labels: Tensor, data: Any, s: dict[str, Any], name: str, seed: int, budget: str,
             state: dict[str, Any], label_kind: str) -> Any:
     """The SyntheticSet with the learned syn_lr in its provenance (soft logits for DATM)."""
