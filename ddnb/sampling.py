@@ -374,10 +374,8 @@ def sampler_from_settings(settings: dict[str, Any], dataset: Any, batch_size: in
 
 
 def plugin_sampler(settings: dict[str, Any], dataset: Any, batch_size: int, seed: int = 0) -> DreamSampler | None:
-    """For a method with its own uniform draw (DC, DSA, DM): None for sampler="random", else the DREAM sampler."""
-    if settings["sampler"] not in SAMPLERS:
-        raise ValueError(f"unknown sampler {settings['sampler']!r}; allowed: {', '.join(SAMPLERS)}")
-    return sampler_from_settings(settings, dataset, batch_size, seed) if settings["sampler"] == "dream" else None
+    """For a method with its own uniform draw (DC, DSA, DM): None for sampler="random", else the named sampler."""
+    return None if settings["sampler"] == "random" else sampler_from_settings(settings, dataset, batch_size, seed)
 
 
 # ---------------------------------------------------------------- analysis of representative sampling

@@ -189,7 +189,7 @@ def _gradient_matching(name: str, strategy: str | None, dataset: Any, ipc: int, 
     evaluate = in_loop_eval(current, data, dev, arch=s["arch"], seeds=s["eval_seeds"], dsa=strategy or False)
     history = run_loop(step, state, method=name, settings=s,
                        n_iters=s["iterations"], out_dir=out_dir, checkpoint_every=checkpoint_every, resume=resume,
-                       progress=progress, eval_fn=evaluate if eval_every else None, eval_every=eval_every,
+                       progress=progress, eval_fn=evaluate, eval_every=eval_every,
                        callback=callback)
     return current(), history
 

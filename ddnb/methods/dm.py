@@ -212,6 +212,6 @@ def dm(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, settings:
     evaluate = in_loop_eval(current, data, dev, arch=s["arch"], seeds=s["eval_seeds"], dsa=s["dsa"])
     history = run_loop(step, state, method="dm", settings=s,
                        n_iters=s["iterations"], out_dir=out_dir, checkpoint_every=checkpoint_every, resume=resume,
-                       progress=progress, eval_fn=evaluate if eval_every else None, eval_every=eval_every,
+                       progress=progress, eval_fn=evaluate, eval_every=eval_every,
                        callback=callback)
     return current(), history

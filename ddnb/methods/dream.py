@@ -312,7 +312,7 @@ def _distill(name: str, dataset: Any, ipc: int, *, seed: int, device: Any, budge
                             dsa=True, cutmix_alpha=1.0, cutmix_prob=s["cutmix_prob"])
     history = run_loop(step, state, method=name, settings=s, n_iters=s["iterations"], out_dir=out_dir,
                        checkpoint_every=checkpoint_every, resume=resume, progress=progress,
-                       eval_fn=evaluate if eval_every else None, eval_every=eval_every, callback=callback)
+                       eval_fn=evaluate, eval_every=eval_every, callback=callback)
     return current(), history
 
 

@@ -315,7 +315,7 @@ def _trajectory_matching(name: str, dataset: Any, ipc: int, *, seed: int, device
                             arch=s["arch"], seeds=s["eval_seeds"], dsa=bool(s["dsa_strategy"]))
     history = run_loop(step, state, method=name, settings=s, n_iters=s["iterations"], out_dir=out_dir,
                        checkpoint_every=checkpoint_every, resume=resume, progress=progress,
-                       eval_fn=evaluate if eval_every else None, eval_every=eval_every, callback=callback)
+                       eval_fn=evaluate, eval_every=eval_every, callback=callback)
     return _result(images, labels, data, s, name, seed, budget, state, kind), history
 
 
