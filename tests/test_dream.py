@@ -212,6 +212,10 @@ def test_dreamplus_smoke_on_digits_moves_images():
     assert syn.images.shape == init.shape == (10, 1, 8, 8) and syn.factor == 2
     assert not torch.allclose(syn.images, init)
     assert syn.provenance["method"] == "dream+" and syn.provenance["metric"] == "mae"
+    # iterations=0 is the run's starting set (notebook 03 evaluates it as iteration 0 of Fig. 4)
+    start, history0 = ddnb.distill("dream+", data, 1, budget="smoke", seed=0, device="cpu", progress=False,
+                                   **{**SMOKE, "iterations": 0})
+    assert history0.iterations == 0 and torch.equal(start.images, init)
 
 
 def test_registered_variants_and_bad_settings():

@@ -101,6 +101,11 @@ def resolve_lr_img(lr_img: float | None, metric: str, ipc: int, image_size: int)
     return LR_IMG[metric] * (ipc / 10) * (image_size / 32) ** 2
 
 
+def eval_settings(s: dict[str, Any]) -> dict[str, Any]:
+    """IDC's evaluation training (DSA + CutMix, DC protocol lr) as `evaluate_synset` keywords, for runs and notebooks."""
+    return dict(arch=s["arch"], dsa=True, cutmix_alpha=1.0, cutmix_prob=s["cutmix_prob"])
+
+
 def _check_settings(s: dict[str, Any], name: str) -> None:
     """ValueError for settings out of range or not among the allowed choices."""
     for key in ("iterations", "inner_loops", "factor", "batch_real", "batch_syn_max", "per_cluster", "interval",
@@ -307,9 +312,7 @@ def _distill(name: str, dataset: Any, ipc: int, *, seed: int, device: Any, budge
         return build_synset(images, labels, data, method=name, settings=s, seed=seed, budget=budget,
                             factor=s["factor"], metric=metric, lr_img=lr_img)
 
-    # IDC's evaluation: DSA + CutMix training (DC protocol lr)
-    evaluate = in_loop_eval(current, data, dev, arch=s["arch"], seeds=s["eval_seeds"], epochs=s["eval_epochs"],
-                            dsa=True, cutmix_alpha=1.0, cutmix_prob=s["cutmix_prob"])
+    evaluate = in_loop_eval(current, data, dev, seeds=s["eval_seeds"], epochs=s["eval_epochs"], **eval_settings(s))
     history = run_loop(step, state, method=name, settings=s, n_iters=s["iterations"], out_dir=out_dir,
                        checkpoint_every=checkpoint_every, resume=resume, progress=progress,
                        eval_fn=evaluate, eval_every=eval_every, callback=callback)
