@@ -102,7 +102,7 @@ def resolve_lr_img(lr_img: float | None, metric: str, ipc: int, image_size: int)
 
 
 def eval_settings(s: dict[str, Any]) -> dict[str, Any]:
-    """IDC's evaluation training (DSA + CutMix, DC protocol lr) as `evaluate_synset` keywords, for runs and notebooks."""
+    """IDC's evaluation training (DSA + CutMix, DC protocol lr) as `evaluate_synset` keywords."""
     return dict(arch=s["arch"], dsa=True, cutmix_alpha=1.0, cutmix_prob=s["cutmix_prob"])
 
 
