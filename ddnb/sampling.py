@@ -26,11 +26,13 @@ gradient norms, centre / boundary split, coverage, 2-D projections and the batch
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from ddnb.settings import Choice, Int, Spec
 
 KMEANS_BACKENDS = ("auto", "torch", "sklearn")
 KMEANS_INITS = ("random", "k-means++")
@@ -347,35 +349,25 @@ class DreamSampler:
             getattr(self, key).copy_(saved)
 
 
-def make_sampler(name: str, dataset: Any, batch_size: int, *, seed: int = 0, **kw: Any) -> RandomSampler | DreamSampler:
-    """A sampler by name: "random" (no options) or "dream" (per_cluster, interval, pool, backend, kmeans_iters)."""
-    if name == "random":
-        if kw:
-            raise ValueError(f"the random sampler takes no options, got {', '.join(sorted(kw))}")
-        return RandomSampler(dataset, batch_size, seed=seed)
-    if name == "dream":
-        return DreamSampler(dataset, batch_size, seed=seed, **kw)
-    raise ValueError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
-
-
-# The settings a matching method adds to its budgets to take a sampler (`sampler_from_settings` reads them).
+# The settings a matching method adds to its budgets to take a sampler (`make_sampler` reads them), and their spec.
 SAMPLER_SETTINGS: dict[str, Any] = dict(sampler="random", per_cluster=1, interval=10, pool=None,
                                         kmeans_backend="auto", kmeans_iters=100)
+SAMPLER_SPEC: dict[str, Spec] = dict(sampler=Choice(*SAMPLERS), per_cluster=Int(1), interval=Int(1),
+                                     pool=Int(1, optional=True), kmeans_backend=Choice(*KMEANS_BACKENDS),
+                                     kmeans_iters=Int(1))
 
 
-def sampler_from_settings(settings: dict[str, Any], dataset: Any, batch_size: int, seed: int = 0
-                          ) -> RandomSampler | DreamSampler:
-    """The sampler a method's settings ask for: "random", or "dream" with the other SAMPLER_SETTINGS keys."""
-    if settings["sampler"] == "dream":
+def make_sampler(settings: Mapping[str, Any], dataset: Any, batch_size: int, seed: int = 0
+                 ) -> RandomSampler | DreamSampler:
+    """The sampler a method's settings ask for: `sampler` "random", or "dream" with the other SAMPLER_SETTINGS."""
+    name = settings["sampler"]
+    if name == "random":
+        return RandomSampler(dataset, batch_size, seed=seed)
+    if name == "dream":
         return DreamSampler(dataset, batch_size, per_cluster=settings["per_cluster"], interval=settings["interval"],
                             pool=settings["pool"], backend=settings["kmeans_backend"],
                             kmeans_iters=settings["kmeans_iters"], seed=seed)
-    return make_sampler(settings["sampler"], dataset, batch_size, seed=seed)
-
-
-def plugin_sampler(settings: dict[str, Any], dataset: Any, batch_size: int, seed: int = 0) -> DreamSampler | None:
-    """For a method with its own uniform draw (DC, DSA, DM): None for sampler="random", else the named sampler."""
-    return None if settings["sampler"] == "random" else sampler_from_settings(settings, dataset, batch_size, seed)
+    raise ValueError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
 
 
 # ---------------------------------------------------------------- analysis of representative sampling

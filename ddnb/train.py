@@ -140,7 +140,7 @@ def _check_labels(regime: str, labels: Tensor, n: int, label_kind: str | None) -
     return kind
 
 
-class _Step:
+class RegimeLoss:
     """Loss of one augmented batch under a regime (holds the fixed pieces: targets, teacher, T)."""
 
     def __init__(self, regime: str, labels: Tensor, kind: str, temperature: float, teacher: nn.Module | None):
@@ -192,7 +192,7 @@ def train_model(
     teacher_was_training = teacher.training if teacher is not None else False
     if teacher is not None:
         teacher.to(dev).eval()
-    step = _Step(regime, y, kind, temperature, teacher)
+    step = RegimeLoss(regime, y, kind, temperature, teacher)
     history: dict[str, Any] = {"train_loss": [], "lr": lrs}
     start = time.perf_counter()
     try:
@@ -203,7 +203,7 @@ def train_model(
             for e in tqdm(range(epochs), desc="train", leave=False, disable=not progress):
                 for group in opt.param_groups:
                     group["lr"] = lrs[e]
-                loss = _run_epoch(model, opt, x, step, batch_size, strategy, cutmix_alpha, cutmix_prob, gen)
+                loss = run_epoch(model, opt, x, step, batch_size, strategy, cutmix_alpha, cutmix_prob, gen)
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"training loss became {loss} at epoch {e + 1}/{epochs} (lr {lrs[e]:g}); "
                                              "lower the learning rate or check the inputs for NaN")
@@ -217,14 +217,18 @@ def train_model(
     return history
 
 
-def _run_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, step: _Step, batch_size: int,
-               strategy: str | None, cutmix_alpha: float | None, cutmix_prob: float,
-               gen: torch.Generator) -> float:
-    """One pass over x in random order; returns the mean loss (weighted by batch size)."""
+def run_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, step: RegimeLoss, batch_size: int,
+              strategy: str | None, cutmix_alpha: float | None, cutmix_prob: float,
+              gen: torch.Generator, order: Tensor | None = None) -> float:
+    """One pass over the rows `order` of x (default: all of x in a random order from `gen`); the mean loss.
+
+    Each batch gets per-sample DSA (`strategy`, global RNG) and, with probability `cutmix_prob`,
+    CutMix; the loss is weighted by batch size in the mean.
+    """
     from ddnb.augment import cutmix, dsa
 
-    n = x.shape[0]
-    perm = torch.randperm(n, generator=gen).to(x.device)
+    perm = (torch.randperm(x.shape[0], generator=gen) if order is None else order).to(x.device)
+    n = perm.numel()
     total = torch.zeros((), device=x.device)
     for i in range(0, n, batch_size):
         idx = perm[i:i + batch_size]
@@ -239,7 +243,7 @@ def _run_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, step: _S
         loss.backward()
         opt.step()
         total += loss.detach() * idx.numel()
-    return float(total) / n
+    return float(total) / max(n, 1)
 
 
 # ------------------------------------------------------------------------- testing

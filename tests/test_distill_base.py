@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from ddnb.methods.base import (History, build_synset, init_synthetic, latest_checkpoint, load_checkpoint,
+from ddnb.methods.base import (History, RunOptions, build_synset, init_synthetic, latest_checkpoint, load_checkpoint,
                                real_init_indices, run_loop, seed_iteration)
 
 
@@ -26,8 +26,8 @@ def _toy_run(n_iters: int, out_dir=None, resume: bool = False, seed: int = 3, **
         opt.step()
         return loss.item()
 
-    hist = run_loop(step, state, method="toy", settings={"seed": seed}, n_iters=n_iters, out_dir=out_dir,
-                    resume=resume, progress=False, **kw)
+    hist = run_loop(step, state, method="toy", settings={"seed": seed}, n_iters=n_iters,
+                    run=RunOptions(out_dir=out_dir, resume=resume, progress=False, **kw))
     return images, hist
 
 
@@ -67,29 +67,29 @@ def test_nan_stops_with_iteration_and_last_checkpoint(tmp_path):
         return float("nan") if it == 3 else 1.0
 
     with pytest.raises(FloatingPointError, match=r"iteration 3; last good checkpoint: .*ckpt_00000002\.pt"):
-        run_loop(step, state, method="toy", settings={}, n_iters=6, out_dir=tmp_path, checkpoint_every=2,
-                 progress=False)
+        run_loop(step, state, method="toy", settings={}, n_iters=6,
+                 run=RunOptions(out_dir=tmp_path, checkpoint_every=2, progress=False))
     with pytest.raises(FloatingPointError, match="inf at iteration 0; last good checkpoint: none"):
-        run_loop(lambda it: float("inf"), {}, method="toy", settings={}, n_iters=2, progress=False)
+        run_loop(lambda it: float("inf"), {}, method="toy", settings={}, n_iters=2, run=RunOptions(progress=False))
 
 
 def test_evals_and_callback():
     seen = []
     hist = run_loop(lambda it: float(it), {"x": torch.ones(1)}, method="toy", settings={}, n_iters=5,
-                    progress=False, eval_fn=lambda s: {"mean": 50.0, "std": 1.0, "per_seed": [49, 51]},
-                    eval_every=2, callback=lambda it, s: seen.append(it))
+                    run=RunOptions(progress=False, eval_every=2, callback=lambda it, s: seen.append(it)),
+                    eval_fn=lambda s: {"mean": 50.0, "std": 1.0, "per_seed": [49, 51]})
     assert seen == [0, 1, 2, 3, 4] and hist.loss == [0.0, 1.0, 2.0, 3.0, 4.0]
     assert [e["iteration"] for e in hist.evals] == [2, 4, 5] and hist.evals[0]["per_seed"] == [49.0, 51.0]
 
 
 def test_bad_loop_arguments(tmp_path):
     with pytest.raises(ValueError, match="n_iters"):
-        run_loop(lambda it: 0.0, {}, method="t", settings={}, n_iters=-1)
+        run_loop(lambda it: 0.0, {}, method="t", settings={}, n_iters=-1, run=RunOptions())
     with pytest.raises(ValueError, match="resume=True needs out_dir"):
-        run_loop(lambda it: 0.0, {}, method="t", settings={}, n_iters=1, resume=True)
+        run_loop(lambda it: 0.0, {}, method="t", settings={}, n_iters=1, run=RunOptions(resume=True))
     with pytest.raises(TypeError, match="state\\['bad'\\]"):
-        run_loop(lambda it: 0.0, {"bad": object()}, method="t", settings={}, n_iters=1, out_dir=tmp_path,
-                 checkpoint_every=1, progress=False)
+        run_loop(lambda it: 0.0, {"bad": object()}, method="t", settings={}, n_iters=1,
+                 run=RunOptions(out_dir=tmp_path, checkpoint_every=1, progress=False))
 
 
 class _Toy:

@@ -9,10 +9,11 @@ from torch import nn
 
 import ddnb
 from ddnb.data import Dataset
-from ddnb.methods.dream import bidirectional_loss, encode_per_class, kmeans_init_indices, matched_parameters
+from ddnb.methods.base import encode_per_class
+from ddnb.methods.dream import bidirectional_loss, kmeans_init_indices, matched_parameters
 from ddnb.models import get_model
 from ddnb.sampling import (SAMPLER_SETTINGS, DreamSampler, RandomSampler, kmeans, kmeans_torch, make_sampler,
-                           nearest_to_centres, representatives, sampler_from_settings)
+                           nearest_to_centres, representatives)
 
 
 class FlatEmbed(nn.Module):
@@ -140,10 +141,10 @@ def test_sampler_input_errors():
     with pytest.raises(ValueError, match="sub-clusters"):
         DreamSampler(data, batch_size=31)
     with pytest.raises(ValueError, match="unknown sampler"):
-        make_sampler("herding", data, 4)
-    dream = sampler_from_settings({**SAMPLER_SETTINGS, "sampler": "dream", "per_cluster": 2}, data, 4, seed=1)
+        make_sampler({**SAMPLER_SETTINGS, "sampler": "herding"}, data, 4)
+    dream = make_sampler({**SAMPLER_SETTINGS, "sampler": "dream", "per_cluster": 2}, data, 4, seed=1)
     assert isinstance(dream, DreamSampler) and dream.k == 2 and dream.seed == 1
-    assert isinstance(sampler_from_settings(SAMPLER_SETTINGS, data, 4), RandomSampler)
+    assert isinstance(make_sampler(SAMPLER_SETTINGS, data, 4), RandomSampler)
     rs = RandomSampler(data, 5, seed=3)
     assert torch.equal(rs.select(1, 4), rs.select(1, 4))
     assert set(rs.select(1, 4).tolist()) <= set(data.class_indices()[1].tolist())

@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from ddnb.data import load_dataset
 from ddnb.experts import flatten_params, load_params, train_experts
 from ddnb.methods import distill, list_methods
-from ddnb.methods.mtt import (correct_real_init, expert_data, soft_cross_entropy, start_epoch_bounds,
-                              student_batches, student_unroll, unflatten_params)
+from ddnb.methods.base import real_subset
+from ddnb.methods.mtt import (correct_real_init, soft_cross_entropy, start_epoch_bounds, student_batches,
+                              student_unroll, unflatten_params)
 from ddnb.models import get_model
 
 # tiny experts: 1 MLP expert, 2 epochs (lr 0.1, batch 64: ~87% train accuracy), no DSA; trained
@@ -154,9 +155,9 @@ def test_factor_2(digits, cache, method: str) -> None:
     assert images.shape == (40, 1, 8, 8) and labels.shape[0] == 40
 
 
-def test_expert_data_subset_is_class_balanced(digits) -> None:
-    assert expert_data(digits, None, 0) is digits
-    sub = expert_data(digits, 5, seed=0)
+def test_real_subset_is_class_balanced(digits) -> None:
+    assert real_subset(digits, None, 0) is digits
+    sub = real_subset(digits, 5, seed=0)
     assert sub.name == digits.name and torch.bincount(sub.y_train).tolist() == [5] * 10
     assert torch.equal(sub.x_test, digits.x_test)
 

@@ -23,7 +23,7 @@ def even_digits():
 def test_dm_dream_with_k_equal_class_size_matches_the_whole_class(even_digits):
     # k = class size: every image is its own sub-cluster, so DREAM's batch is the whole class, as is
     # a uniform draw of the whole class; DM's loss only sees class means, so both runs must agree.
-    kw = dict(budget="smoke", seed=3, progress=False, iterations=3, batch_real=PER_CLASS, dsa=False)
+    kw = dict(budget="smoke", seed=3, progress=False, iterations=3, batch_real=PER_CLASS, dsa_strategy=None)
     dream, h_dream = ddnb.distill("dm", even_digits, 2, sampler="dream", kmeans_iters=5, **kw)
     plain, h_plain = ddnb.distill("dm", even_digits, 2, **kw)
     assert h_dream.loss == pytest.approx(h_plain.loss, rel=1e-4)
@@ -32,7 +32,7 @@ def test_dm_dream_with_k_equal_class_size_matches_the_whole_class(even_digits):
 
 def test_dm_dream_uses_a_different_batch_than_random(even_digits):
     # k < class size: the representative batch differs from a uniform draw, so the images must too
-    kw = dict(budget="smoke", seed=3, progress=False, iterations=2, batch_real=4, dsa=False)
+    kw = dict(budget="smoke", seed=3, progress=False, iterations=2, batch_real=4, dsa_strategy=None)
     dream, _ = ddnb.distill("dm", even_digits, 2, sampler="dream", kmeans_iters=5, **kw)
     plain, _ = ddnb.distill("dm", even_digits, 2, **kw)
     assert not torch.allclose(dream.images, plain.images)
@@ -54,5 +54,5 @@ def test_gradient_matching_resumes_the_dream_selection(method, even_digits, tmp_
 
 
 def test_unknown_sampler_is_named(even_digits):
-    with pytest.raises(ValueError, match="unknown sampler 'kmeans'.*random, dream"):
+    with pytest.raises(ValueError, match="dm setting sampler='kmeans' is not allowed; allowed: one of 'random', 'dream'"):
         ddnb.distill("dm", even_digits, 1, budget="smoke", sampler="kmeans", progress=False)

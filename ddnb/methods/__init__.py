@@ -6,6 +6,8 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ddnb.settings import Spec, check_settings, check_spec
+
 KINDS = ("select", "distill")
 BUDGETS = ("smoke", "cpu", "paper")
 # Modules that register methods when imported; add a module here when you add a method file.
@@ -15,12 +17,18 @@ _METHOD_MODULES = ("ddnb.methods.coreset", "ddnb.methods.dm", "ddnb.methods.dc",
 
 @dataclass
 class MethodInfo:
-    """A registered method: its entry point, kind, named budgets and where `paper` comes from."""
+    """A registered method: its entry point, kind, named budgets, the spec of their settings, its paper.
+
+    `check(settings)` (optional) raises ValueError for combinations of settings that each spec allows
+    alone but the method does not (start epochs beyond the experts' length, ...).
+    """
 
     name: str
     kind: str
     fn: Callable[..., Any]
     budgets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    spec: dict[str, Spec] = field(default_factory=dict)
+    check: Callable[[dict[str, Any]], None] | None = None
     paper: str = ""
     summary: str = ""
 
@@ -29,16 +37,23 @@ _REGISTRY: dict[str, MethodInfo] = {}
 
 
 def register(name: str, kind: str, budgets: dict[str, dict[str, Any]] | None = None,
+             spec: dict[str, Spec] | None = None, check: Callable[[dict[str, Any]], None] | None = None,
              paper: str = "", summary: str = "") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator: put an entry point in the registry under `name`."""
+    """Decorator: put an entry point in the registry under `name`.
+
+    A distill entry point is `fn(dataset, ipc, *, seed, device, budget, settings, run)` (`run`: a
+    `ddnb.methods.base.RunOptions`); every setting of every budget needs a spec.
+    """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    check_spec(name, spec or {}, budgets or {})
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise ValueError(f"method {name!r} is registered twice")
         doc_line = (fn.__doc__ or "").strip().split("\n")[0]
-        _REGISTRY[name] = MethodInfo(name, kind, fn, dict(budgets or {}), paper, summary or doc_line)
+        _REGISTRY[name] = MethodInfo(name, kind, fn, dict(budgets or {}), dict(spec or {}), check, paper,
+                                     summary or doc_line)
         return fn
 
     return deco
@@ -71,7 +86,7 @@ def list_methods() -> list[dict[str, Any]]:
 
 
 def resolve_budget(info: MethodInfo, budget: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """The settings of a named budget with single settings overridden; unknown names are errors."""
+    """The settings of a named budget with single settings overridden, checked against the method's spec."""
     if budget not in info.budgets:
         raise ValueError(f"unknown budget {budget!r} for method {info.name!r}; allowed: {', '.join(info.budgets)}")
     settings = dict(info.budgets[budget])
@@ -81,6 +96,9 @@ def resolve_budget(info: MethodInfo, budget: str, overrides: dict[str, Any]) -> 
             f"unknown setting(s) {', '.join(map(repr, unknown))} for method {info.name!r}; "
             f"allowed: {', '.join(sorted(settings))}")
     settings.update(overrides)
+    check_settings(info.name, info.spec, settings)
+    if info.check is not None:
+        info.check(settings)
     return settings
 
 
@@ -91,12 +109,15 @@ def select(method: str, dataset: Any, ipc: int, seed: int = 0, device: Any = Non
 
 def distill(method: str, dataset: Any, ipc: int, budget: str = "cpu", seed: int = 0, device: Any = None,
             **overrides: Any):
-    """Run a distillation method under a named budget: returns (SyntheticSet, History)."""
+    """Run a distillation method under a named budget: returns (SyntheticSet, History).
+
+    `overrides` are the method's settings plus the options of the run (`RunOptions` fields: out_dir,
+    resume, progress, checkpoint_every, eval_every, callback).
+    """
+    from ddnb.methods.base import RunOptions
+
     info = get_method(method, "distill")
-    settings = resolve_budget(info, budget, {k: v for k, v in overrides.items() if k not in _RUN_OPTIONS})
-    run_opts = {k: v for k, v in overrides.items() if k in _RUN_OPTIONS}
-    return info.fn(dataset, ipc, seed=seed, device=device, budget=budget, settings=settings, **run_opts)
-
-
-# Options of a run (not of the method's settings) that `distill` passes straight through.
-_RUN_OPTIONS = ("out_dir", "resume", "progress", "checkpoint_every", "eval_every", "callback")
+    options = set(RunOptions.__dataclass_fields__)
+    settings = resolve_budget(info, budget, {k: v for k, v in overrides.items() if k not in options})
+    run = RunOptions(**{k: v for k, v in overrides.items() if k in options})
+    return info.fn(dataset, ipc, seed=seed, device=device, budget=budget, settings=settings, run=run)

@@ -3,7 +3,7 @@ the helpers every method needs (seeded per-iteration randomness, real-image and 
 initialization, the final SyntheticSet with provenance).
 
 A method writes one `step(it) -> float` closure over a `state` dict and hands both to
-`run_loop`, which adds progress, timing, periodic evaluation, atomic checkpoints, exact resume
+`run_loop` with the run's `RunOptions`, which adds progress, timing, periodic evaluation, atomic checkpoints, exact resume
 and a clear stop on NaN. Resume is exact because every random choice inside `step(it)` comes
 from `seed_iteration(seed, it)` (a function of seed and iteration only), and everything that
 evolves (images, optimizer state, learnable lr, ...) lives in `state` and is checkpointed.
@@ -34,6 +34,24 @@ alloc.tune_malloc()
 CHECKPOINT_FORMAT = 1
 _CKPT_RE = re.compile(r"^ckpt_(\d{8})\.pt$")
 Step = Callable[[int], float]
+Callback = Callable[[int, dict[str, Any]], None]
+
+
+@dataclass
+class RunOptions:
+    """How a distillation runs, apart from what it computes: checkpoints, resume, progress, evaluation, callback.
+
+    `out_dir`: checkpoint folder (None: no checkpoints); `resume`: continue from its last checkpoint;
+    `checkpoint_every`: iterations between checkpoints (None: n_iters // 20); `eval_every`: iterations
+    between in-loop evaluations (0: none); `callback(it, state)`: runs after every iteration.
+    """
+
+    out_dir: str | Path | None = None
+    resume: bool = False
+    progress: bool = True
+    checkpoint_every: int | None = None
+    eval_every: int = 0
+    callback: Callback | None = None
 
 
 @dataclass
@@ -188,27 +206,25 @@ def _check_loop_args(n_iters: int, checkpoint_every: int | None, eval_every: int
 
 
 def run_loop(step: Step, state: dict[str, Any], *, method: str, settings: dict[str, Any], n_iters: int,
-             out_dir: str | Path | None = None, checkpoint_every: int | None = None, resume: bool = False,
-             progress: bool = True, eval_fn: Callable[[dict[str, Any]], Any] | None = None,
-             eval_every: int = 0, callback: Callable[[int, dict[str, Any]], None] | None = None) -> History:
+             run: RunOptions, eval_fn: Callable[[dict[str, Any]], Any] | None = None) -> History:
     """Run step(it) for it in [start, n_iters) with progress, timing, checkpoints, resume and NaN stop.
 
     `step(it)` does one iteration in place on the objects in `state` and returns its loss as a
-    float. Checkpoints (every `checkpoint_every` iterations, default n_iters // 20, and at the end)
-    go to `out_dir/ckpt_XXXXXXXX.pt` (the number = iterations completed) with history.json beside
-    them; none are written without `out_dir`. `resume=True` continues from the last checkpoint
+    float. Checkpoints (every `run.checkpoint_every` iterations, default n_iters // 20, and at the
+    end) go to `run.out_dir/ckpt_XXXXXXXX.pt` (the number = iterations completed) with history.json
+    beside them; none are written without `out_dir`. `run.resume` continues from the last checkpoint
     (a fresh run refuses a folder that already holds checkpoints, so runs never mix).
-    `eval_fn(state)` (an EvalResult or a dict with mean/std/per_seed) runs every `eval_every`
-    iterations and at the end; `callback(it, state)` runs after each step(it).
+    `eval_fn(state)` (an EvalResult or a dict with mean/std/per_seed) runs every `run.eval_every`
+    iterations and at the end; `run.callback(it, state)` runs after each step(it).
     A non-finite loss (or a state tensor with NaN/inf at a checkpoint) raises FloatingPointError
     naming the iteration and the last good checkpoint.
     """
-    _check_loop_args(n_iters, checkpoint_every, eval_every, out_dir, resume)
-    folder = Path(out_dir) if out_dir is not None else None
-    every = checkpoint_every or max(1, n_iters // 20)
-    start, history = _resume(folder, state, method, settings, n_iters) if resume else (0, None)
+    _check_loop_args(n_iters, run.checkpoint_every, run.eval_every, run.out_dir, run.resume)
+    folder = Path(run.out_dir) if run.out_dir is not None else None
+    every, eval_every, callback = run.checkpoint_every or max(1, n_iters // 20), run.eval_every, run.callback
+    start, history = _resume(folder, state, method, settings, n_iters) if run.resume else (0, None)
     history = history or History(method=method, settings=dict(settings))
-    bar = tqdm(range(start, n_iters), initial=start, total=n_iters, desc=method, disable=not progress)
+    bar = tqdm(range(start, n_iters), initial=start, total=n_iters, desc=method, disable=not run.progress)
     for it in bar:
         t0 = time.perf_counter()
         loss = float(step(it))
@@ -277,29 +293,63 @@ def init_synthetic(dataset: Any, ipc: int, *, seed: int, init: str = "real", fac
     """Initial stored images (ipc per class, class-sorted) and hard labels, on `device`.
 
     init "real": random real images of each class (seeded); with factor > 1 each stored image
-    holds factor**2 downsampled real images (IDC, `factor_encode`). init "noise": standard normal.
+    holds factor**2 downsampled real images (IDC, `encode_per_class`). init "noise": standard normal.
     """
-    from ddnb.augment import factor_encode
-
     check_ipc(dataset, ipc, factor)
-    k, ff = dataset.num_classes, factor * factor
+    k = dataset.num_classes
     labels = torch.arange(k).repeat_interleave(ipc)
     if init == "noise":
         g = torch.Generator().manual_seed(seed)
         images = torch.randn((k * ipc, *dataset.image_shape), generator=g)
     elif init == "real":
-        idx = real_init_indices(dataset, ipc * ff, seed).cpu()
+        idx = real_init_indices(dataset, ipc * factor * factor, seed).cpu()
         real = dataset.x_train[idx.to(dataset.x_train.device)].detach().cpu().float()
-        images = torch.cat([_encode_class(real[c * ipc * ff:(c + 1) * ipc * ff], ipc, factor, factor_encode)
-                            for c in range(k)]) if factor > 1 else real
+        images = encode_per_class(real, k, ipc, factor)
     else:
         raise ValueError(f"init must be 'real' or 'noise', got {init!r}")
     return images.to(device).contiguous(), labels.to(device)
 
 
-def _encode_class(real: Tensor, ipc: int, factor: int, encode: Callable[[Tensor, int], Tensor]) -> Tensor:
-    """ipc stored images of one class from its ipc*factor**2 real images (tile-major order)."""
-    return encode(real.reshape(ipc, factor * factor, *real.shape[1:]).transpose(0, 1).flatten(0, 1), factor)
+def encode_per_class(real: Tensor, num_classes: int, ipc: int, factor: int) -> Tensor:
+    """Stored images from class-sorted real images (ipc * factor**2 per class): IDC's factored init."""
+    from ddnb.augment import factor_encode
+
+    if factor == 1:
+        return real
+    ff = factor * factor
+    parts = []
+    for c in range(num_classes):
+        block = real[c * ipc * ff:(c + 1) * ipc * ff]
+        parts.append(factor_encode(block.reshape(ipc, ff, *block.shape[1:]).transpose(0, 1).flatten(0, 1), factor))
+    return torch.cat(parts)
+
+
+def class_images(images: Tensor, c: int, ipc: int, factor: int, image_size: int) -> Tensor:
+    """The decoded synthetic images of class c from class-sorted stored images (factor > 1: IDC tiles upsampled)."""
+    from ddnb.augment import factor_decode
+
+    x = images[c * ipc:(c + 1) * ipc]
+    return factor_decode(x, factor, image_size) if factor > 1 else x
+
+
+def subsample(x: Tensor, max_n: int, generator: torch.Generator) -> Tensor:
+    """At most `max_n` random rows of x (x itself, and no draw, when it has no more)."""
+    if x.shape[0] <= max_n:
+        return x
+    return x[torch.randperm(x.shape[0], generator=generator)[:max_n].to(x.device)]
+
+
+def real_subset(dataset: Any, per_class: int | None, seed: int) -> Any:
+    """The dataset with its training split cut to `per_class` seeded random images per class (None: all of it)."""
+    if per_class is None:
+        return dataset
+    return dataset.subset(real_init_indices(dataset, per_class, seed))
+
+
+def pixel_bounds(dataset: Any, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Per-channel (low, high) of valid pixels [0, 1] in the dataset's normalized space, shaped (1,C,1,1)."""
+    zeros = torch.zeros(1, dataset.channels, 1, 1, device=device)
+    return dataset.normalize(zeros), dataset.normalize(zeros + 1)
 
 
 def in_loop_eval(current: Callable[[dict[str, Any]], Any], dataset: Any, device: torch.device,

@@ -25,28 +25,30 @@ lr x0.2 at 2/3 and 5/6 of training and uses CutMix), cached by `ddnb.experts`, s
 and seeds (`expert_seed`). The `cpu` budget trains 3 experts for 2 epochs on 500 images per class.
 
 `pltda=False` (Tab. 5 ablation) matches under a fresh random network each iteration, as DM;
-`iter_calib=0` turns calibration off; `factor=1` turns factoring off.
+`iter_calib=0` turns calibration off; `factor=1` turns factoring off; `dsa_strategy=None` turns
+augmentation off.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
+from ddnb.augment import dsa
 from ddnb.experts import Trajectory, load_params, train_experts
 from ddnb.matching import calibration_loss
 from ddnb.methods import register
-from ddnb.methods.base import (History, build_synset, in_loop_eval, init_synthetic, real_init_indices, run_loop,
-                              seed_iteration)
-from ddnb.methods.dm import (FreshNet, class_seeds, dm_loss, real_class_means, sample_real, syn_by_class,
-                             syn_class_means)
+from ddnb.methods.base import (History, RunOptions, build_synset, in_loop_eval, init_synthetic, pixel_bounds,
+                               real_subset, run_loop, seed_iteration, subsample)
+from ddnb.methods.dm import (ReinitNet, class_seeds, dm_loss, real_class_means, sample_real,
+                             syn_by_class, syn_class_means)
+from ddnb.settings import Bool, Choice, Float, Int, Positive, Strategy, Text
 from ddnb.utils import resolve_device
 
 _EXPERTS = dict(expert_lr=0.01, expert_momentum=0.9, expert_weight_decay=5e-4, expert_batch=128,
                 expert_dsa="color_crop", expert_seed=0, expert_images_per_class=None)
-_COMMON = dict(arch="convnet3", lr_img_per_ipc=0.01, momentum=0.5, dsa=True, dsa_strategy="color_crop_cutout",
+_COMMON = dict(arch="convnet3", lr_img_per_ipc=0.01, momentum=0.5, dsa_strategy="color_crop_cutout",
                init="real", factor=2, batch_syn_max=200, pltda=True, iter_calib=1, calib_interval=1, clip=True,
                channels_last=True, compile=False, real_chunk=1280, eval_seeds=1, **_EXPERTS)
 BUDGETS = {
@@ -55,18 +57,13 @@ BUDGETS = {
             "expert_images_per_class": 500},
     "paper": {**_COMMON, "iterations": 10_000, "batch_real": 128, "n_experts": 5, "expert_epochs": 60},
 }
-
-# Sizes of the analyses of notebook 02 at each budget: epochs of the held-out probe (Fig. 3a),
-# iterations timed per method (Tab. 4), length and evaluation epochs of each ablation run and the
-# expert counts compared (Tab. 5, 6; paper: 1-20 experts, 10,000 iterations), t-SNE points per class.
-STUDY = {
-    "smoke": dict(probe_epochs=1, speed_iterations=2, ablation_iterations=2, ablation_eval_epochs=2,
-                  ablation_experts=[1], tsne_per_class=10),
-    "cpu": dict(probe_epochs=6, speed_iterations=3, ablation_iterations=30, ablation_eval_epochs=100,
-                ablation_experts=[1, 2], tsne_per_class=40),
-    "paper": dict(probe_epochs=60, speed_iterations=100, ablation_iterations=10_000, ablation_eval_epochs=1000,
-                  ablation_experts=[1, 2, 3, 4, 10, 15, 20], tsne_per_class=100),
-}
+SPEC = dict(arch=Text(), lr_img_per_ipc=Positive(), momentum=Float(0, 1, high_open=True),
+            dsa_strategy=Strategy(), init=Choice("real", "noise"), factor=Int(1), batch_syn_max=Int(1),
+            pltda=Bool(), iter_calib=Int(0), calib_interval=Int(1), clip=Bool(), channels_last=Bool(),
+            compile=Bool(), real_chunk=Int(1), eval_seeds=Int(1), expert_lr=Positive(),
+            expert_momentum=Float(0, 1, high_open=True), expert_weight_decay=Float(0), expert_batch=Int(1),
+            expert_dsa=Strategy(optional=False, bool_ok=True), expert_seed=Int(0),
+            expert_images_per_class=Int(1, optional=True), iterations=Int(0), batch_real=Int(1), n_experts=Int(1), expert_epochs=Int(1))
 
 
 # ---------------------------------------------------------------- the two views
@@ -91,27 +88,15 @@ def calibration_term(logits: Tensor, num_classes: int) -> Tensor:
     return sum(calibration_loss(per_class[c], labels[c].expand(per_class.shape[1])) for c in range(num_classes))
 
 
-def sample_syn(images: Tensor, labels: Tensor, num_classes: int, factor: int, image_size: int, max_n: int,
+def sample_syn(images: Tensor, ipc: int, num_classes: int, factor: int, image_size: int, max_n: int,
                generator: torch.Generator) -> list[Tensor]:
     """The decoded synthetic images of each class, at most `max_n` of them drawn at random (official sample())."""
-    per_class = syn_by_class(images, labels, num_classes, factor, image_size)
-    if per_class[0].shape[0] <= max_n:
-        return per_class
-    return [s[torch.randperm(s.shape[0], generator=generator)[:max_n].to(s.device)] for s in per_class]
+    return [subsample(x, max_n, generator) for x in syn_by_class(images, ipc, num_classes, factor, image_size)]
 
 
 def _augment_all(syn: list[Tensor], seeds: list[int], strategy: str | None) -> Tensor:
     """The synthetic images of all classes, each class augmented with its own DSA seed, concatenated."""
-    from ddnb.augment import dsa
-
     return torch.cat([dsa(s, strategy, seed=seeds[c]) if strategy else s for c, s in enumerate(syn)])
-
-
-def pixel_bounds(dataset: Any, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Per-channel (low, high) of valid pixels [0, 1] in the dataset's normalized space, shaped (1,C,1,1)."""
-    c = dataset.channels
-    zeros = torch.zeros(1, c, 1, 1, device=device)
-    return dataset.normalize(zeros), dataset.normalize(zeros + 1)
 
 
 def pixel_unit_hook(dataset: Any, device: torch.device) -> Callable[[Tensor], Tensor]:
@@ -130,67 +115,38 @@ def expert_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
                 dsa=s["expert_dsa"], seed=s["expert_seed"])
 
 
-def expert_data(dataset: Any, settings: dict[str, Any]) -> Any:
-    """The real data experts train on: the training set, or `expert_images_per_class` random images per class."""
-    n = settings["expert_images_per_class"]
-    if n is None:
-        return dataset
-    idx = real_init_indices(dataset, n, settings["expert_seed"]).to(dataset.y_train.device)
-    return dataclasses.replace(dataset, x_train=dataset.x_train[idx], y_train=dataset.y_train[idx])
-
-
 def load_experts(dataset: Any, settings: dict[str, Any], device: Any = None,
                  progress: bool = True) -> tuple[Tensor, Tensor]:
     """The (init, trained) flat parameters of every expert, stacked (N, P): trained or loaded from the cache."""
-    trajectories: list[Trajectory] = train_experts(expert_data(dataset, settings), device=device,
+    data = real_subset(dataset, settings["expert_images_per_class"], settings["expert_seed"])
+    trajectories: list[Trajectory] = train_experts(data, device=device,
                                                    progress=progress, **expert_kwargs(settings))
     return torch.stack([t[0] for t in trajectories]), torch.stack([t[-1] for t in trajectories])
 
 
 # ---------------------------------------------------------------- the entry point
 
-def _check_settings(s: dict[str, Any]) -> None:
-    """ValueError for out-of-range DANCE settings."""
-    for key in ("iterations", "batch_real", "batch_syn_max", "real_chunk", "factor", "eval_seeds", "n_experts",
-                "expert_epochs", "expert_batch", "iter_calib", "calib_interval", "expert_seed"):
-        v, low = s[key], (0 if key in ("iterations", "iter_calib", "expert_seed") else 1)
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            raise ValueError(f"DANCE setting {key} must be an int >= {low}, got {v!r}")
-    if not s["lr_img_per_ipc"] > 0 or not 0 <= s["momentum"] < 1:
-        raise ValueError(f"DANCE needs lr_img_per_ipc > 0 and 0 <= momentum < 1, got {s['lr_img_per_ipc']!r}, "
-                         f"{s['momentum']!r}")
-    n = s["expert_images_per_class"]
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise ValueError(f"DANCE setting expert_images_per_class must be a positive int or None (all), got {n!r}")
-    for key in ("pltda", "clip", "dsa"):
-        if not isinstance(s[key], bool):
-            raise ValueError(f"DANCE setting {key} must be True or False, got {s[key]!r}")
-
-
-@register("dance", "distill", budgets=BUDGETS,
+@register("dance", "distill", budgets=BUDGETS, spec=SPEC,
           paper="DANCE (IJCAI 2024) 001 §4.1 and the official code (Hansong-Zhang/DANCE)")
-def dance(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, settings: dict[str, Any],
-          out_dir: Any = None, resume: bool = False, progress: bool = True, checkpoint_every: int | None = None,
-          eval_every: int = 0, callback: Callable[[int, dict[str, Any]], None] | None = None
-          ) -> tuple[Any, History]:
+def distill_dance(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, settings: dict[str, Any],
+                  run: RunOptions) -> tuple[Any, History]:
     """DANCE: DM under mid encoders between experts and their inits, plus expert calibration (CE)."""
-    _check_settings(settings)
     s, dev = settings, resolve_device(device)
-    data = dataset.to(dev) if dataset.x_train.device != dev else dataset
-    inits, finals = (t.to(dev) for t in load_experts(data, s, dev, progress))
+    data = dataset.to(dev)
+    inits, finals = (t.to(dev) for t in load_experts(data, s, dev, run.progress))
     images, labels = init_synthetic(data, ipc, seed=seed, init=s["init"], factor=s["factor"], device=dev)
     fmt = torch.channels_last if s["channels_last"] else torch.contiguous_format
     images = images.contiguous(memory_format=fmt).requires_grad_(True)
     images.register_hook(pixel_unit_hook(data, dev))
     opt = torch.optim.SGD([images], lr=s["lr_img_per_ipc"] * ipc, momentum=s["momentum"])
-    encoder = FreshNet(s["arch"], data, dev, s["channels_last"], s["compile"])
-    expert = FreshNet(s["arch"], data, dev, s["channels_last"], compile=False)
+    encoder = ReinitNet(s["arch"], data, dev, s["channels_last"], s["compile"])
+    expert = ReinitNet(s["arch"], data, dev, s["channels_last"], compile=False)
     low, high = pixel_bounds(data, dev)
-    strategy = s["dsa_strategy"] if s["dsa"] else None
+    strategy = s["dsa_strategy"]
     k, size = data.num_classes, data.image_size
 
     def calibrate(g: torch.Generator) -> float:
-        syn = sample_syn(images, labels, k, s["factor"], size, s["batch_syn_max"], g)
+        syn = sample_syn(images, ipc, k, s["factor"], size, s["batch_syn_max"], g)
         x = _augment_all(syn, class_seeds(g, k), strategy).contiguous(memory_format=fmt)
         loss = calibration_term(expert.net(x), k)
         opt.zero_grad(set_to_none=True)
@@ -211,7 +167,7 @@ def dance(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, settin
         real = sample_real(data, s["batch_real"], g)
         seeds = class_seeds(g, k)
         mean_real = real_class_means(encoder.embed, real, seeds, strategy, s["real_chunk"], s["channels_last"])
-        syn = sample_syn(images, labels, k, s["factor"], size, s["batch_syn_max"], g)
+        syn = sample_syn(images, ipc, k, s["factor"], size, s["batch_syn_max"], g)
         loss = dm_loss(mean_real, syn_class_means(encoder.embed, syn, seeds, strategy, s["channels_last"]))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -226,9 +182,7 @@ def dance(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, settin
         return build_synset(images, labels, data, method="dance", settings=s, seed=seed, budget=budget,
                             factor=s["factor"], ipc=ipc)
 
-    evaluate = in_loop_eval(current, data, dev, arch=s["arch"], seeds=s["eval_seeds"], dsa=s["dsa"])
+    evaluate = in_loop_eval(current, data, dev, arch=s["arch"], seeds=s["eval_seeds"], dsa=strategy is not None)
     history = run_loop(step, {"images": images, "optimizer": opt}, method="dance", settings=s,
-                       n_iters=s["iterations"], out_dir=out_dir, checkpoint_every=checkpoint_every, resume=resume,
-                       progress=progress, eval_fn=evaluate, eval_every=eval_every,
-                       callback=callback)
+                       n_iters=s["iterations"], run=run, eval_fn=evaluate)
     return current(), history

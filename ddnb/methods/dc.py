@@ -12,7 +12,7 @@ on per-sample DSA views, as the reference code (VICO-UoE/DatasetCondensation mai
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,9 +21,11 @@ from torch import Tensor, nn
 from ddnb.augment import DSA_STRATEGY, dsa, factor_decode, factor_labels
 from ddnb.matching import gradient_distance
 from ddnb.methods import register
-from ddnb.methods.base import History, build_synset, in_loop_eval, init_synthetic, run_loop, seed_iteration
+from ddnb.methods.base import (History, RunOptions, build_synset, class_images, in_loop_eval, init_synthetic,
+                               run_loop, seed_iteration)
 from ddnb.models import get_model
-from ddnb.sampling import SAMPLER_SETTINGS, plugin_sampler
+from ddnb.sampling import SAMPLER_SETTINGS, SAMPLER_SPEC, make_sampler
+from ddnb.settings import Choice, Float, Int, Positive, Strategy, Text
 from ddnb.utils import resolve_device
 
 # Reference get_loops (DatasetCondensation utils.py): ipc -> (outer_loop, inner_loop).
@@ -39,6 +41,11 @@ DC_BUDGETS = {
     "paper": {**_COMMON, "iterations": 1000, "batch_real": 256, "init": "noise"},
 }
 DSA_BUDGETS = {name: {**b, "dsa_strategy": DSA_STRATEGY, "init": "real"} for name, b in DC_BUDGETS.items()}
+DC_SPEC = dict(arch=Text(), lr_img=Positive(), momentum=Float(0, 1, high_open=True), lr_net=Positive(),
+               batch_train=Int(1), metric=Choice(*METRICS), outer_loop=Int(1, optional=True),
+               inner_loop=Int(0, optional=True), factor=Int(1), eval_seeds=Int(1), iterations=Int(0),
+               batch_real=Int(1), init=Choice("real", "noise"), **SAMPLER_SPEC)
+DSA_SPEC = {**DC_SPEC, "dsa_strategy": Strategy(optional=False)}
 
 
 def get_loops(ipc: int, outer_loop: int | None = None, inner_loop: int | None = None) -> tuple[int, int]:
@@ -50,9 +57,6 @@ def get_loops(ipc: int, outer_loop: int | None = None, inner_loop: int | None = 
         ref_outer, ref_inner = REFERENCE_LOOPS[ipc]
         outer_loop = ref_outer if outer_loop is None else outer_loop
         inner_loop = ref_inner if inner_loop is None else inner_loop
-    for name, v in (("outer_loop", outer_loop), ("inner_loop", inner_loop)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "outer_loop" else 0):
-            raise ValueError(f"{name} must be an int >= {1 if name == 'outer_loop' else 0}, got {v!r}")
     return outer_loop, inner_loop
 
 
@@ -79,12 +83,6 @@ def dc_loss(net: nn.Module, real: list[Tensor], syn: list[Tensor], metric: str =
             r, s = dsa(r, strategy, seed=seeds[c]), dsa(s, strategy, seed=seeds[c])
         total = total + class_gradient_distance(net, r, s, c, metric)
     return total
-
-
-def syn_per_class(images: Tensor, ipc: int, num_classes: int, factor: int, image_size: int) -> list[Tensor]:
-    """The decoded synthetic images of each class from class-sorted stored images (ipc per class)."""
-    parts = [images[c * ipc:(c + 1) * ipc] for c in range(num_classes)]
-    return [factor_decode(p, factor, image_size) for p in parts] if factor > 1 else parts
 
 
 def real_per_class(dataset: Any, n: int, generator: torch.Generator) -> list[Tensor]:
@@ -123,34 +121,20 @@ def train_on_synthetic(net: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y:
 
 # ---------------------------------------------------------------- the entry points
 
-def _check_settings(s: dict[str, Any], name: str) -> None:
-    """ValueError for out-of-range DC/DSA settings."""
-    for key in ("iterations", "batch_real", "batch_train", "factor", "eval_seeds"):
-        v = s[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < (0 if key == "iterations" else 1):
-            raise ValueError(f"{name} setting {key} must be a positive int, got {v!r}")
-    if s["metric"] not in METRICS:
-        raise ValueError(f"{name} setting metric must be one of {METRICS}, got {s['metric']!r}")
-    if not s["lr_img"] > 0 or not s["lr_net"] > 0 or not 0 <= s["momentum"] < 1:
-        raise ValueError(f"{name} needs lr_img > 0, lr_net > 0 and 0 <= momentum < 1, got "
-                         f"{s['lr_img']!r}, {s['lr_net']!r}, {s['momentum']!r}")
-
-
-def _gradient_matching(name: str, strategy: str | None, dataset: Any, ipc: int, *, seed: int, device: Any,
-                       budget: str, settings: dict[str, Any], out_dir: Any, resume: bool, progress: bool,
-                       checkpoint_every: int | None, eval_every: int,
-                       callback: Callable[[int, dict[str, Any]], None] | None) -> tuple[Any, History]:
-    """The DC/DSA loop shared by both entry points (strategy None = DC)."""
+def _gradient_matching(name: str, dataset: Any, ipc: int, *, seed: int, device: Any, budget: str,
+                       settings: dict[str, Any], run: RunOptions) -> tuple[Any, History]:
+    """The DC/DSA loop shared by both entry points (DC: no `dsa_strategy` setting)."""
     s = settings
-    _check_settings(s, name)
+    strategy = s.get("dsa_strategy")
     outer, inner = get_loops(ipc, s["outer_loop"], s["inner_loop"])
     dev = resolve_device(device)
-    data = dataset.to(dev) if dataset.x_train.device != dev else dataset
+    data = dataset.to(dev)
     images, labels = init_synthetic(data, ipc, seed=seed, init=s["init"], factor=s["factor"], device=dev)
     images.requires_grad_(True)
     opt_img = torch.optim.SGD([images], lr=s["lr_img"], momentum=s["momentum"])
     k, (ch, size, _) = data.num_classes, data.image_shape
-    sampler = plugin_sampler(s, data, s["batch_real"], seed)  # sampler="dream": DREAM's representative batches
+    # DC draws its own uniform batches; sampler="dream" plugs in DREAM's representative batches
+    sampler = make_sampler(s, data, s["batch_real"], seed) if s["sampler"] != "random" else None
     state: dict[str, Any] = {"images": images, "optimizer": opt_img, **({"sampler": sampler} if sampler else {})}
     y_train = factor_labels(labels, s["factor"]) if s["factor"] > 1 else labels
 
@@ -173,7 +157,8 @@ def _gradient_matching(name: str, strategy: str | None, dataset: Any, ipc: int, 
             else:
                 real = real_per_class(data, s["batch_real"], g)
             seeds = torch.randint(0, 2**31 - 1, (k,), generator=g).tolist() if strategy else None
-            loss = dc_loss(net, real, syn_per_class(images, ipc, k, s["factor"], size), s["metric"], strategy, seeds)
+            syn = [class_images(images, c, ipc, s["factor"], size) for c in range(k)]
+            loss = dc_loss(net, real, syn, s["metric"], strategy, seeds)
             opt_img.zero_grad(set_to_none=True)
             loss.backward(inputs=[images])
             opt_img.step()
@@ -187,35 +172,23 @@ def _gradient_matching(name: str, strategy: str | None, dataset: Any, ipc: int, 
                             factor=s["factor"])
 
     evaluate = in_loop_eval(current, data, dev, arch=s["arch"], seeds=s["eval_seeds"], dsa=strategy or False)
-    history = run_loop(step, state, method=name, settings=s,
-                       n_iters=s["iterations"], out_dir=out_dir, checkpoint_every=checkpoint_every, resume=resume,
-                       progress=progress, eval_fn=evaluate, eval_every=eval_every,
-                       callback=callback)
+    history = run_loop(step, state, method=name, settings=s, n_iters=s["iterations"], run=run, eval_fn=evaluate)
     return current(), history
 
 
-@register("dc", "distill", budgets=DC_BUDGETS,
+@register("dc", "distill", budgets=DC_BUDGETS, spec=DC_SPEC,
           paper="DC (Zhao et al., ICLR 2021) Tab. 1 / VICO-UoE/DatasetCondensation main.py defaults "
                 "(Iteration 1000, lr_img 0.1, lr_net 0.01, batch_real 256, get_loops(ipc), init noise)")
-def dc(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, settings: dict[str, Any],
-       out_dir: Any = None, resume: bool = False, progress: bool = True, checkpoint_every: int | None = None,
-       eval_every: int = 0, callback: Callable[[int, dict[str, Any]], None] | None = None
-       ) -> tuple[Any, History]:
+def distill_dc(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, settings: dict[str, Any],
+               run: RunOptions) -> tuple[Any, History]:
     """DC: match per-class weight gradients of real and synthetic batches along a network's training."""
-    return _gradient_matching("dc", None, dataset, ipc, seed=seed, device=device, budget=budget, settings=settings,
-                              out_dir=out_dir, resume=resume, progress=progress, checkpoint_every=checkpoint_every,
-                              eval_every=eval_every, callback=callback)
+    return _gradient_matching("dc", dataset, ipc, seed=seed, device=device, budget=budget, settings=settings, run=run)
 
 
-@register("dsa", "distill", budgets=DSA_BUDGETS,
+@register("dsa", "distill", budgets=DSA_BUDGETS, spec=DSA_SPEC,
           paper="DSA (Zhao & Bilen, ICML 2021) Tab. 1 / DatasetCondensation main.py --method DSA "
                 "--init real --dsa_strategy color_crop_cutout_flip_scale_rotate (other settings as DC)")
-def dsa_method(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, settings: dict[str, Any],
-               out_dir: Any = None, resume: bool = False, progress: bool = True, checkpoint_every: int | None = None,
-               eval_every: int = 0, callback: Callable[[int, dict[str, Any]], None] | None = None
-               ) -> tuple[Any, History]:
+def distill_dsa(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, settings: dict[str, Any],
+                run: RunOptions) -> tuple[Any, History]:
     """DSA: DC with the same (siamese) differentiable augmentation on the real and synthetic batch of a class."""
-    strategy = settings["dsa_strategy"]
-    return _gradient_matching("dsa", strategy, dataset, ipc, seed=seed, device=device, budget=budget,
-                              settings=settings, out_dir=out_dir, resume=resume, progress=progress,
-                              checkpoint_every=checkpoint_every, eval_every=eval_every, callback=callback)
+    return _gradient_matching("dsa", dataset, ipc, seed=seed, device=device, budget=budget, settings=settings, run=run)

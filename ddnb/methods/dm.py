@@ -10,7 +10,8 @@ Fast by design, with the same loss as the reference's per-class loop (see tests/
 real features run under inference mode (no autograd graph) in chunks of whole classes; the
 synthetic images of all classes go through ONE forward pass (the ConvNet normalizes per sample,
 so batching classes changes nothing); inputs are channels_last; the per-iteration network is
-copied into one persistent module, so a compiled embed (setting `compile`) is never recompiled.
+copied into one persistent module (`ReinitNet`), so a compiled embed (setting `compile`) is never
+recompiled. `dsa_strategy=None` turns augmentation off.
 """
 from __future__ import annotations
 
@@ -20,17 +21,22 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from ddnb.augment import DSA_STRATEGY, dsa, factor_decode, factor_labels
+from ddnb.augment import DSA_STRATEGY, dsa
 from ddnb.methods import register
-from ddnb.methods.base import History, build_synset, in_loop_eval, init_synthetic, run_loop, seed_iteration
+from ddnb.methods.base import (History, RunOptions, build_synset, class_images, in_loop_eval, init_synthetic,
+                               run_loop, seed_iteration)
 from ddnb.models import get_model
-from ddnb.sampling import SAMPLER_SETTINGS, plugin_sampler
+from ddnb.sampling import SAMPLER_SETTINGS, SAMPLER_SPEC, make_sampler
+from ddnb.settings import Bool, Choice, Float, Int, Positive, Strategy, Text
 from ddnb.utils import resolve_device
 
 log = logging.getLogger(__name__)
 
-_COMMON = dict(arch="convnet3", lr_img=1.0, momentum=0.5, dsa=True, dsa_strategy=DSA_STRATEGY, init="real",
+_COMMON = dict(arch="convnet3", lr_img=1.0, momentum=0.5, dsa_strategy=DSA_STRATEGY, init="real",
                factor=1, channels_last=True, compile=False, real_chunk=256, eval_seeds=1, **SAMPLER_SETTINGS)
+SPEC = dict(arch=Text(), lr_img=Positive(), momentum=Float(0, 1, high_open=True), dsa_strategy=Strategy(),
+            init=Choice("real", "noise"), factor=Int(1), channels_last=Bool(), compile=Bool(), real_chunk=Int(1),
+            eval_seeds=Int(1), iterations=Int(0), batch_real=Int(1), **SAMPLER_SPEC)
 BUDGETS = {
     "smoke": {**_COMMON, "iterations": 20, "batch_real": 32},  # seconds on digits, for tests
     "cpu": {**_COMMON, "iterations": 500, "batch_real": 128},  # minutes for Fashion-MNIST IPC 10 on 2 cores
@@ -100,11 +106,9 @@ def dm_loss(mean_real: Tensor, mean_syn: Tensor) -> Tensor:
     return ((mean_real - mean_syn) ** 2).sum()
 
 
-def syn_by_class(images: Tensor, labels: Tensor, num_classes: int, factor: int, image_size: int) -> list[Tensor]:
-    """The decoded synthetic images of each class (factor > 1: IDC tiles upsampled), class 0 first."""
-    if factor > 1:
-        images, labels = factor_decode(images, factor, image_size), factor_labels(labels, factor)
-    return [images[labels == c] for c in range(num_classes)]
+def syn_by_class(images: Tensor, ipc: int, num_classes: int, factor: int, image_size: int) -> list[Tensor]:
+    """The decoded synthetic images of each class from class-sorted stored images, class 0 first."""
+    return [class_images(images, c, ipc, factor, image_size) for c in range(num_classes)]
 
 
 def sample_real(dataset: Any, n: int, generator: torch.Generator) -> list[Tensor]:
@@ -114,7 +118,7 @@ def sample_real(dataset: Any, n: int, generator: torch.Generator) -> list[Tensor
 
 # ---------------------------------------------------------------- the network
 
-class FreshNet:
+class ReinitNet:
     """A persistent ConvNet whose weights are replaced by a freshly initialized network each iteration.
 
     The embed function is built once (optionally with torch.compile), so a new network costs a
@@ -160,32 +164,20 @@ class FreshNet:
 
 # ---------------------------------------------------------------- the entry point
 
-def _check_settings(s: dict[str, Any]) -> None:
-    """ValueError for out-of-range DM settings."""
-    for key in ("iterations", "batch_real", "real_chunk", "factor", "eval_seeds"):
-        v = s[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < (0 if key == "iterations" else 1):
-            raise ValueError(f"DM setting {key} must be a positive int, got {v!r}")
-    if not s["lr_img"] > 0 or not 0 <= s["momentum"] < 1:
-        raise ValueError(f"DM needs lr_img > 0 and 0 <= momentum < 1, got {s['lr_img']!r}, {s['momentum']!r}")
-
-
-@register("dm", "distill", budgets=BUDGETS,
+@register("dm", "distill", budgets=BUDGETS, spec=SPEC,
           paper="DM (Zhao & Bilen, WACV 2023) reference code; 001 §4.1 / Tab. 1")
-def dm(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, settings: dict[str, Any],
-       out_dir: Any = None, resume: bool = False, progress: bool = True, checkpoint_every: int | None = None,
-       eval_every: int = 0, callback: Callable[[int, dict[str, Any]], None] | None = None
-       ) -> tuple[Any, History]:
+def distill_dm(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, settings: dict[str, Any],
+               run: RunOptions) -> tuple[Any, History]:
     """DM: match class-wise mean embeddings of real and synthetic images under fresh random ConvNets."""
-    _check_settings(settings)
     s, dev = settings, resolve_device(device)
-    data = dataset.to(dev) if dataset.x_train.device != dev else dataset
+    data = dataset.to(dev)
     images, labels = init_synthetic(data, ipc, seed=seed, init=s["init"], factor=s["factor"], device=dev)
     images = _to_format(images, s["channels_last"]).requires_grad_(True)
     opt = torch.optim.SGD([images], lr=s["lr_img"], momentum=s["momentum"])
-    fresh = FreshNet(s["arch"], data, dev, s["channels_last"], s["compile"])
-    strategy = s["dsa_strategy"] if s["dsa"] else None
-    sampler = plugin_sampler(s, data, s["batch_real"], seed)  # sampler="dream": DREAM's representative batches
+    fresh = ReinitNet(s["arch"], data, dev, s["channels_last"], s["compile"])
+    strategy = s["dsa_strategy"]
+    # DM draws its own uniform batches; sampler="dream" plugs in DREAM's representative batches
+    sampler = make_sampler(s, data, s["batch_real"], seed) if s["sampler"] != "random" else None
     state: dict[str, Any] = {"images": images, "optimizer": opt, **({"sampler": sampler} if sampler else {})}
 
     def step(it: int) -> float:
@@ -198,7 +190,7 @@ def dm(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, settings:
             real = sample_real(data, s["batch_real"], g)
         seeds = class_seeds(g, data.num_classes)
         mean_real = real_class_means(fresh.embed, real, seeds, strategy, s["real_chunk"], s["channels_last"])
-        syn = syn_by_class(images, labels, data.num_classes, s["factor"], data.image_size)
+        syn = syn_by_class(images, ipc, data.num_classes, s["factor"], data.image_size)
         loss = dm_loss(mean_real, syn_class_means(fresh.embed, syn, seeds, strategy, s["channels_last"]))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -209,9 +201,6 @@ def dm(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, settings:
         return build_synset(images, labels, data, method="dm", settings=s, seed=seed, budget=budget,
                             factor=s["factor"])
 
-    evaluate = in_loop_eval(current, data, dev, arch=s["arch"], seeds=s["eval_seeds"], dsa=s["dsa"])
-    history = run_loop(step, state, method="dm", settings=s,
-                       n_iters=s["iterations"], out_dir=out_dir, checkpoint_every=checkpoint_every, resume=resume,
-                       progress=progress, eval_fn=evaluate, eval_every=eval_every,
-                       callback=callback)
+    evaluate = in_loop_eval(current, data, dev, arch=s["arch"], seeds=s["eval_seeds"], dsa=strategy is not None)
+    history = run_loop(step, state, method="dm", settings=s, n_iters=s["iterations"], run=run, eval_fn=evaluate)
     return current(), history

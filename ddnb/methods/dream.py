@@ -32,13 +32,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ddnb.augment import cutmix, dsa, factor_decode, factor_encode
+from ddnb.augment import dsa
 from ddnb.methods import register
-from ddnb.methods.base import (History, build_synset, check_ipc, in_loop_eval, init_synthetic, run_loop,
-                               seed_iteration)
+from ddnb.methods.base import (History, RunOptions, build_synset, check_ipc, class_images, encode_per_class,
+                               in_loop_eval, init_synthetic, pixel_bounds, run_loop, seed_iteration, subsample)
 from ddnb.models import get_model
-from ddnb.sampling import (KMEANS_BACKENDS, SAMPLERS, DreamSampler, RandomSampler, centre_boundary_split, coverage,
-                           embed_images, per_sample_grad_norms, representatives, sampler_from_settings)
+from ddnb.sampling import (KMEANS_BACKENDS, SAMPLER_SPEC, SAMPLERS, DreamSampler, RandomSampler, centre_boundary_split,
+                           coverage, embed_images, make_sampler, per_sample_grad_norms, representatives)
+from ddnb.settings import Choice, Float, Int, Positive, Strategy, Text
+from ddnb.train import RegimeLoss, run_epoch
 from ddnb.utils import resolve_device
 
 METRICS = ("mse", "mae")
@@ -72,6 +74,13 @@ _VARIANTS = {
 }
 BUDGETS = {name: {b: {**_COMMON, **scale, **variant} for b, scale in _SCALE.items()}
            for name, variant in _VARIANTS.items()}
+SPEC = dict(arch=Text(), factor=Int(1), batch_real=Int(1), batch_syn_max=Int(1),
+            feature_weight=Float(0), metric=Choice(*METRICS, optional=True), lr_img=Positive(optional=True),
+            lr_img_factor=Positive(), momentum_img=Float(0, 1, high_open=True), aug=Strategy(optional=False),
+            lr_net=Positive(), momentum_net=Float(0, 1, high_open=True), weight_decay_net=Float(0),
+            net_batch=Int(1), net_data=Int(0), warmup_data=Int(0, optional=True), cutmix_prob=Float(0, 1),
+            eval_seeds=Int(1), eval_epochs=Int(1, optional=True), iterations=Int(0), inner_loops=Int(1),
+            match=Choice(*MATCHES), init=Choice(*INITS), **SAMPLER_SPEC)
 # Notebook 03's measurements per budget: in-loop evaluations per run (accuracy curves), steps and
 # real images per class of the sampler trace (Fig. 2b, 1a/5, 8). The distillations use BUDGETS.
 ANALYSIS: dict[str, dict[str, int]] = {
@@ -95,8 +104,6 @@ def resolve_metric(metric: str | None, dataset_name: str) -> str:
 def resolve_lr_img(lr_img: float | None, metric: str, ipc: int, image_size: int) -> float:
     """Image lr: the given one, else IDC's (5e-3 MSE, 1e-4 MAE) scaled as IDC's tune_lr_img: x ipc/10 x (size/32)^2."""
     if lr_img is not None:
-        if not lr_img > 0:
-            raise ValueError(f"lr_img must be > 0 or None (IDC's default), got {lr_img!r}")
         return float(lr_img)
     return LR_IMG[metric] * (ipc / 10) * (image_size / 32) ** 2
 
@@ -104,23 +111,6 @@ def resolve_lr_img(lr_img: float | None, metric: str, ipc: int, image_size: int)
 def eval_settings(s: dict[str, Any]) -> dict[str, Any]:
     """IDC's evaluation training (DSA + CutMix, DC protocol lr) as `evaluate_synset` keywords."""
     return dict(arch=s["arch"], dsa=True, cutmix_alpha=1.0, cutmix_prob=s["cutmix_prob"])
-
-
-def _check_settings(s: dict[str, Any], name: str) -> None:
-    """ValueError for settings out of range or not among the allowed choices."""
-    for key in ("iterations", "inner_loops", "factor", "batch_real", "batch_syn_max", "per_cluster", "interval",
-                "kmeans_iters", "net_batch", "net_data", "eval_seeds"):
-        v = s[key]
-        low = 0 if key in ("iterations", "net_data") else 1
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            raise ValueError(f"{name} setting {key} must be an int >= {low}, got {v!r}")
-    for key, allowed in (("sampler", SAMPLERS), ("match", MATCHES), ("init", INITS),
-                         ("kmeans_backend", KMEANS_BACKENDS)):
-        if s[key] not in allowed:
-            raise ValueError(f"{name} setting {key} must be one of {allowed}, got {s[key]!r}")
-    if not s["feature_weight"] >= 0 or not 0 <= s["cutmix_prob"] <= 1 or not s["lr_img_factor"] > 0:
-        raise ValueError(f"{name} needs feature_weight >= 0, 0 <= cutmix_prob <= 1 and lr_img_factor > 0, got "
-                         f"{s['feature_weight']!r}, {s['cutmix_prob']!r}, {s['lr_img_factor']!r}")
 
 
 # ---------------------------------------------------------------- the loss
@@ -179,22 +169,10 @@ def kmeans_init_indices(dataset: Any, model: nn.Module, n_per_class: int, *, bac
     return torch.cat(out)
 
 
-def encode_per_class(real: Tensor, num_classes: int, ipc: int, factor: int) -> Tensor:
-    """Stored images from class-sorted real images (ipc*factor**2 per class): IDC's factored init."""
-    if factor == 1:
-        return real
-    ff = factor * factor
-    parts = []
-    for c in range(num_classes):
-        block = real[c * ipc * ff:(c + 1) * ipc * ff]
-        parts.append(factor_encode(block.reshape(ipc, ff, *block.shape[1:]).transpose(0, 1).flatten(0, 1), factor))
-    return torch.cat(parts)
-
-
 # ---------------------------------------------------------------- the network
 
-def fresh_network(arch: str, dataset: Any, s: dict[str, Any], device: torch.device
-                  ) -> tuple[nn.Module, torch.optim.Optimizer]:
+def network_and_optimizer(arch: str, dataset: Any, s: dict[str, Any], device: torch.device
+                          ) -> tuple[nn.Module, torch.optim.Optimizer]:
     """A new randomly initialized network (global RNG) and its SGD optimizer (IDC: lr 0.01, mom 0.9, wd 5e-4)."""
     c, h, _ = dataset.image_shape
     net = get_model(arch, c, dataset.num_classes, h).to(device)
@@ -208,30 +186,12 @@ def train_on_real(net: nn.Module, opt: torch.optim.Optimizer, dataset: Any, n: i
                   cutmix_prob: float, generator: torch.Generator) -> None:
     """One pass of SGD over n random real images (None: all), IDC's per-sample augmentation and CutMix."""
     total = dataset.x_train.shape[0]
-    n = total if n is None else min(n, total)
-    perm = torch.randperm(total, generator=generator)[:n].to(dataset.x_train.device)
-    for lo in range(0, n, batch_size):
-        idx = perm[lo:lo + batch_size]
-        x, y = dsa(dataset.x_train[idx], NET_AUG), dataset.y_train[idx]
-        if float(torch.rand((), generator=generator)) < cutmix_prob:
-            x, ya, yb, lam = cutmix(x, y, generator=generator)
-            out = net(x)
-            loss = lam * F.cross_entropy(out, ya) + (1 - lam) * F.cross_entropy(out, yb)
-        else:
-            loss = F.cross_entropy(net(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    order = torch.randperm(total, generator=generator)[:total if n is None else min(n, total)]
+    run_epoch(net, opt, dataset.x_train, RegimeLoss("hl", dataset.y_train, "hard", 1.0, None), batch_size, NET_AUG,
+              1.0, cutmix_prob, generator, order)
 
 
 # ---------------------------------------------------------------- the loop
-
-def pixel_bounds(dataset: Any, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Per-channel (1,C,1,1) bounds of valid pixels [0, 1] in the dataset's normalized space."""
-    mean = torch.tensor(dataset.mean, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(dataset.std, device=device).view(1, -1, 1, 1)
-    return (0 - mean) / std, (1 - mean) / std
-
 
 def initial_images(data: Any, ipc: int, s: dict[str, Any], seed: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """Stored images and labels: k-means centres under a warmed-up network (DREAM), or base.init_synthetic."""
@@ -239,7 +199,7 @@ def initial_images(data: Any, ipc: int, s: dict[str, Any], seed: int, device: to
         return init_synthetic(data, ipc, seed=seed, init=s["init"], factor=s["factor"], device=device)
     g = torch.Generator().manual_seed(seed + INIT_SEED_OFFSET)
     torch.manual_seed(seed + INIT_SEED_OFFSET)
-    net, opt = fresh_network(s["arch"], data, s, device)
+    net, opt = network_and_optimizer(s["arch"], data, s, device)
     train_on_real(net, opt, data, s["warmup_data"], s["net_batch"], s["cutmix_prob"], g)
     idx = kmeans_init_indices(data, net, ipc * s["factor"] ** 2, backend=s["kmeans_backend"], pool=s["pool"],
                               seed=seed)
@@ -249,31 +209,19 @@ def initial_images(data: Any, ipc: int, s: dict[str, Any], seed: int, device: to
     return images.to(device).contiguous(), labels.to(device)
 
 
-def _syn_class(images: Tensor, c: int, ipc: int, factor: int, size: int, max_size: int,
-               g: torch.Generator) -> Tensor:
-    """The decoded synthetic images of class c, randomly subsampled to at most max_size (IDC)."""
-    x = images[c * ipc:(c + 1) * ipc]
-    x = factor_decode(x, factor, size) if factor > 1 else x
-    if x.shape[0] > max_size:
-        x = x[torch.randperm(x.shape[0], generator=g)[:max_size].to(x.device)]
-    return x
-
-
 def _distill(name: str, dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, settings: dict[str, Any],
-             out_dir: Any, resume: bool, progress: bool, checkpoint_every: int | None, eval_every: int,
-             callback: Callable[[int, dict[str, Any]], None] | None) -> tuple[Any, History]:
+             run: RunOptions) -> tuple[Any, History]:
     """The IDC/DREAM/DREAM+ loop shared by the three entry points."""
     s = settings
-    _check_settings(s, name)
     check_ipc(dataset, ipc, s["factor"])
     dev = resolve_device(device)
-    data = dataset.to(dev) if dataset.x_train.device != dev else dataset
+    data = dataset.to(dev)
     metric = resolve_metric(s["metric"], data.name)
     images, labels = initial_images(data, ipc, s, seed, dev)
     images.requires_grad_(True)
     lr_img = resolve_lr_img(s["lr_img"], metric, ipc, data.image_size) * s["lr_img_factor"]
     opt_img = torch.optim.SGD([images], lr=lr_img, momentum=s["momentum_img"])
-    sampler = sampler_from_settings(s, data, s["batch_real"], seed)
+    sampler = make_sampler(s, data, s["batch_real"], seed)
     lo, hi = pixel_bounds(data, dev)
     k, size, inner = data.num_classes, data.image_size, s["inner_loops"]
     weight = s["feature_weight"] if s["match"] == "bidirectional" else 0.0
@@ -282,7 +230,7 @@ def _distill(name: str, dataset: Any, ipc: int, *, seed: int, device: Any, budge
 
     def step(it: int) -> float:
         g = seed_iteration(seed, it)
-        net, opt_net = fresh_network(s["arch"], data, s, dev)
+        net, opt_net = network_and_optimizer(s["arch"], data, s, dev)
         train_on_real(net, opt_net, data, s["warmup_data"], s["net_batch"], s["cutmix_prob"], g)
         sampler.bind(net)
         with torch.no_grad():
@@ -291,7 +239,7 @@ def _distill(name: str, dataset: Any, ipc: int, *, seed: int, device: Any, budge
         for ot in range(inner):
             for c in range(k):
                 real = sampler.sample(c, it * inner + ot)
-                syn = _syn_class(images, c, ipc, s["factor"], size, s["batch_syn_max"], g)
+                syn = subsample(class_images(images, c, ipc, s["factor"], size), s["batch_syn_max"], g)
                 x = dsa(torch.cat([real, syn]), s["aug"], seed=int(torch.randint(2**31 - 1, (1,), generator=g)))
                 y = torch.full((x.shape[0],), c, dtype=torch.long, device=dev)
                 n = real.shape[0]
@@ -313,37 +261,31 @@ def _distill(name: str, dataset: Any, ipc: int, *, seed: int, device: Any, budge
                             factor=s["factor"], metric=metric, lr_img=lr_img)
 
     evaluate = in_loop_eval(current, data, dev, seeds=s["eval_seeds"], epochs=s["eval_epochs"], **eval_settings(s))
-    history = run_loop(step, state, method=name, settings=s, n_iters=s["iterations"], out_dir=out_dir,
-                       checkpoint_every=checkpoint_every, resume=resume, progress=progress,
-                       eval_fn=evaluate, eval_every=eval_every, callback=callback)
+    history = run_loop(step, state, method=name, settings=s, n_iters=s["iterations"], run=run, eval_fn=evaluate)
     return current(), history
 
 
 def _entry(name: str) -> Callable[..., tuple[Any, History]]:
     """The registered entry point of one variant (same signature as every ddnb distill method)."""
 
-    def run(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, settings: dict[str, Any],
-            out_dir: Any = None, resume: bool = False, progress: bool = True, checkpoint_every: int | None = None,
-            eval_every: int = 0, callback: Callable[[int, dict[str, Any]], None] | None = None
-            ) -> tuple[Any, History]:
-        return _distill(name, dataset, ipc, seed=seed, device=device, budget=budget, settings=settings,
-                        out_dir=out_dir, resume=resume, progress=progress, checkpoint_every=checkpoint_every,
-                        eval_every=eval_every, callback=callback)
+    def entry(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, settings: dict[str, Any],
+              run: RunOptions) -> tuple[Any, History]:
+        return _distill(name, dataset, ipc, seed=seed, device=device, budget=budget, settings=settings, run=run)
 
-    run.__name__ = name.replace("+", "_plus")
-    return run
+    entry.__name__ = "distill_" + name.replace("+", "_plus")
+    return entry
 
 
 _PAPER = ("002 §4.1 (ConvNet-3, IDC base with factor 2, 1,200 iterations x 100 inner loops, SGD image lr 5e-3 "
           "[1e-4 with MAE on MNIST/Fashion-MNIST], 128 sub-clusters, clustering every 10 inner loops); "
           "hyperparameters of Yanqing0327/DREAM condense_improve.py and IDC reproduce.py")
-register("idc", "distill", BUDGETS["idc"], paper=_PAPER,
+register("idc", "distill", BUDGETS["idc"], spec=SPEC, paper=_PAPER,
          summary="IDC: gradient matching of factored images, network trained on real data, random real batches")(
     _entry("idc"))
-register("dream", "distill", BUDGETS["dream"], paper=_PAPER,
+register("dream", "distill", BUDGETS["dream"], spec=SPEC, paper=_PAPER,
          summary="DREAM: IDC with real batches of k-means representatives and cluster-centre initialization")(
     _entry("dream"))
-register("dream+", "distill", BUDGETS["dream+"], paper=_PAPER,
+register("dream+", "distill", BUDGETS["dream+"], spec=SPEC, paper=_PAPER,
          summary="DREAM+: DREAM with bidirectional (gradient + mean-feature) matching")(_entry("dream+"))
 
 
@@ -407,14 +349,14 @@ def sampler_trace(dataset: Any, *, steps: int = 20, batch_size: int = 32, interv
     from ddnb.matching import mmd2
 
     dev = resolve_device(device)
-    data = dataset.to(dev) if dataset.x_train.device != dev else dataset
+    data = dataset.to(dev)
     sub, idx = pool_dataset(data, pool, seed)
     samplers = {"random": RandomSampler(sub, batch_size, seed=seed),
                 "dream": DreamSampler(sub, batch_size, interval=interval, seed=seed)}
     s = {**_COMMON, "arch": arch}
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    net, opt = fresh_network(arch, data, s, dev)
+    net, opt = network_and_optimizer(arch, data, s, dev)
     train_on_real(net, opt, data, warmup_data, s["net_batch"], s["cutmix_prob"], g)
     k = data.num_classes
     mmd = {name: np.zeros((steps, k)) for name in samplers}

@@ -31,9 +31,10 @@ from torch.func import functional_call
 from ddnb.augment import DSA_STRATEGY, dsa, factor_decode, factor_encode, factor_labels
 from ddnb.matching import trajectory_loss
 from ddnb.methods import register
-from ddnb.methods.base import (History, build_synset, check_ipc, in_loop_eval, init_synthetic, real_init_indices,
-                              run_loop, seed_iteration)
+from ddnb.methods.base import (History, RunOptions, build_synset, check_ipc, encode_per_class, in_loop_eval,
+                               init_synthetic, real_subset, run_loop, seed_iteration)
 from ddnb.models import get_model
+from ddnb.settings import Bool, Choice, Float, Int, Positive, Strategy, Text
 from ddnb.utils import resolve_device
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -64,6 +65,15 @@ def _datm(budget: str, **changes: Any) -> dict[str, Any]:
     return {k: v for k, v in {**MTT_BUDGETS[budget], **_DATM_EXTRA, **changes}.items() if k != "init"}
 
 
+MTT_SPEC = dict(arch=Text(), momentum=Float(0, 1, high_open=True), lr_teacher=Positive(), batch_syn=Int(1, optional=True),
+                dsa_strategy=Strategy(), init=Choice("real", "noise"), factor=Int(1), eval_seeds=Int(1),
+                n_experts=Int(1), expert_train_epochs=Int(1), expert_lr=Positive(), expert_batch=Int(1),
+                expert_dsa=Strategy(optional=False, bool_ok=True), expert_subset=Int(1, optional=True),
+                expert_seed=Int(0), expert_cache_dir=Text(optional=True), iterations=Int(0), syn_steps=Int(1),
+                expert_epochs=Int(1), max_start_epoch=Int(1), lr_img=Positive(), lr_lr=Float(0))
+DATM_SPEC = {**{k: v for k, v in MTT_SPEC.items() if k != "init"}, "min_start_epoch": Int(0),
+             "current_max_start_epoch": Int(1), "expansion_end_epoch": Int(1), "lr_y": Positive(),
+             "momentum_y": Float(0, 1, high_open=True), "threshold": Positive(), "label_expert_epoch": Int(None)}
 DATM_BUDGETS = {
     "smoke": _datm("smoke", current_max_start_epoch=1, expansion_end_epoch=4),
     "cpu": _datm("cpu", current_max_start_epoch=2, expansion_end_epoch=25),
@@ -127,19 +137,11 @@ def start_epoch_bounds(s: dict[str, Any], it: int) -> tuple[int, int]:
     return s["min_start_epoch"], min(grown, s["max_start_epoch"])
 
 
-def expert_data(data: Any, per_class: int | None, seed: int) -> Any:
-    """The data the experts train on: all of `data`, or a seeded class-balanced subset of its training set."""
-    if per_class is None:
-        return data
-    idx = real_init_indices(data, per_class, seed).to(data.x_train.device)
-    return dataclasses.replace(data, x_train=data.x_train[idx], y_train=data.y_train[idx])
-
-
 def get_trajectories(data: Any, s: dict[str, Any], device: torch.device, progress: bool) -> list[list[Tensor]]:
     """The expert trajectories (train_experts, cached; kept on the CPU, one epoch moved to the device at a time)."""
     from ddnb.experts import train_experts
 
-    return train_experts(expert_data(data, s["expert_subset"], s["expert_seed"]), arch=s["arch"],
+    return train_experts(real_subset(data, s["expert_subset"], s["expert_seed"]), arch=s["arch"],
                          n=s["n_experts"], epochs=s["expert_train_epochs"], lr=s["expert_lr"],
                          batch_size=s["expert_batch"], dsa=s["expert_dsa"], seed=s["expert_seed"],
                          cache_dir=s["expert_cache_dir"], device=device, progress=progress)
@@ -213,38 +215,20 @@ def datm_init(data: Any, ipc: int, s: dict[str, Any], trajs: list[list[Tensor]],
 
 # ---------------------------------------------------------------- the loop
 
-def _check_settings(s: dict[str, Any], name: str, n_epochs: int) -> None:
-    """ValueError for out-of-range MTT/DATM settings (start epochs must leave room for expert_epochs)."""
-    for key in ("iterations", "syn_steps", "expert_epochs", "max_start_epoch", "factor", "eval_seeds"):
-        v = s[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < (0 if key == "iterations" else 1):
-            raise ValueError(f"{name} setting {key} must be a positive int, got {v!r}")
-    sub = s["expert_subset"]
-    if sub is not None and (isinstance(sub, bool) or not isinstance(sub, int) or sub < 1):
-        raise ValueError(f"{name} setting expert_subset must be None (all training images) or a positive int "
-                         f"(images per class), got {sub!r}")
+def check_start_epochs(s: dict[str, Any]) -> None:
+    """ValueError for MTT/DATM start epochs that leave no room for expert_epochs in the experts' trajectories."""
+    n_epochs = s["expert_train_epochs"]
     if s["max_start_epoch"] + s["expert_epochs"] > n_epochs:
-        raise ValueError(f"{name}: max_start_epoch ({s['max_start_epoch']}) + expert_epochs ({s['expert_epochs']}) "
+        raise ValueError(f"max_start_epoch ({s['max_start_epoch']}) + expert_epochs ({s['expert_epochs']}) "
                          f"must be <= the experts' epochs ({n_epochs}); raise expert_train_epochs or lower them")
-    if "current_max_start_epoch" in s:
-        _check_datm_settings(s, n_epochs)
-    if not s["lr_img"] > 0 or not s["lr_teacher"] > 0 or not s["lr_lr"] >= 0:
-        raise ValueError(f"{name} needs lr_img > 0, lr_teacher > 0, lr_lr >= 0, got "
-                         f"{s['lr_img']!r}, {s['lr_teacher']!r}, {s['lr_lr']!r}")
-
-
-def _check_datm_settings(s: dict[str, Any], n_epochs: int) -> None:
-    """ValueError for DATM's start-epoch bounds, label expert epoch and label optimizer."""
+    if "current_max_start_epoch" not in s:
+        return
     if not 0 <= s["min_start_epoch"] < s["current_max_start_epoch"] <= s["max_start_epoch"]:
         raise ValueError(f"datm needs 0 <= min_start_epoch < current_max_start_epoch <= max_start_epoch, got "
                          f"{s['min_start_epoch']}, {s['current_max_start_epoch']}, {s['max_start_epoch']}")
-    if not s["expansion_end_epoch"] >= 1:
-        raise ValueError(f"datm setting expansion_end_epoch must be >= 1, got {s['expansion_end_epoch']!r}")
     if not -(n_epochs + 1) <= s["label_expert_epoch"] <= n_epochs:
         raise ValueError(f"datm setting label_expert_epoch must index the expert trajectory "
                          f"(-{n_epochs + 1}..{n_epochs}), got {s['label_expert_epoch']!r}")
-    if not s["lr_y"] > 0 or not 0 <= s["momentum_y"] < 1:
-        raise ValueError(f"datm needs lr_y > 0 and 0 <= momentum_y < 1, got {s['lr_y']!r}, {s['momentum_y']!r}")
 
 
 def _result(images: Tensor, labels: Tensor, data: Any, s: dict[str, Any], name: str, seed: int, budget: str,
@@ -269,16 +253,13 @@ def learnable_state(images: Tensor, soft_labels: Tensor | None, s: dict[str, Any
 
 
 def _trajectory_matching(name: str, dataset: Any, ipc: int, *, seed: int, device: Any, budget: str,
-                         settings: dict[str, Any], out_dir: Any, resume: bool, progress: bool,
-                         checkpoint_every: int | None, eval_every: int,
-                         callback: Callable[[int, dict[str, Any]], None] | None) -> tuple[Any, History]:
+                         settings: dict[str, Any], run: RunOptions) -> tuple[Any, History]:
     """The MTT/DATM loop shared by both entry points (DATM = settings with soft labels and bounds)."""
     s, datm = settings, name == "datm"
     dev = resolve_device(device)
-    data = dataset.to(dev) if dataset.x_train.device != dev else dataset
+    data = dataset.to(dev)
     check_ipc(data, ipc, s["factor"])
-    _check_settings(s, name, s["expert_train_epochs"])
-    trajs = get_trajectories(data, s, dev, progress)
+    trajs = get_trajectories(data, s, dev, run.progress)
     if datm:
         images, labels = datm_init(data, ipc, s, trajs, seed, dev)
     else:
@@ -313,38 +294,30 @@ def _trajectory_matching(name: str, dataset: Any, ipc: int, *, seed: int, device
     kind = "soft_logits" if datm else "hard"
     evaluate = in_loop_eval(lambda st: _result(images, labels, data, s, name, seed, budget, st, kind), data, dev,
                             arch=s["arch"], seeds=s["eval_seeds"], dsa=bool(s["dsa_strategy"]))
-    history = run_loop(step, state, method=name, settings=s, n_iters=s["iterations"], out_dir=out_dir,
-                       checkpoint_every=checkpoint_every, resume=resume, progress=progress,
-                       eval_fn=evaluate, eval_every=eval_every, callback=callback)
+    history = run_loop(step, state, method=name, settings=s, n_iters=s["iterations"], run=run, eval_fn=evaluate)
     return _result(images, labels, data, s, name, seed, budget, state, kind), history
 
 
-@register("mtt", "distill", budgets=MTT_BUDGETS,
+@register("mtt", "distill", budgets=MTT_BUDGETS, spec=MTT_SPEC, check=check_start_epochs,
           paper="MTT (Cazenavette et al., CVPR 2022) CIFAR-10 IPC 10 (hyperparameter table of the appendix; "
                 "mtt-distillation distill.py/buffer.py): syn_steps 30, expert_epochs 2, max_start_epoch 20, "
                 "lr_img 1000, lr_lr 1e-5, lr_teacher 0.01, 100 experts x 50 epochs; the paper also uses ZCA, "
                 "which ddnb does not apply")
-def mtt(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, settings: dict[str, Any],
-        out_dir: Any = None, resume: bool = False, progress: bool = True, checkpoint_every: int | None = None,
-        eval_every: int = 0, callback: Callable[[int, dict[str, Any]], None] | None = None
-        ) -> tuple[Any, History]:
+def distill_mtt(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, settings: dict[str, Any],
+                run: RunOptions) -> tuple[Any, History]:
     """MTT: make N student steps on the synthetic set land where M expert epochs on real data land."""
     return _trajectory_matching("mtt", dataset, ipc, seed=seed, device=device, budget=budget, settings=settings,
-                                out_dir=out_dir, resume=resume, progress=progress,
-                                checkpoint_every=checkpoint_every, eval_every=eval_every, callback=callback)
+                                run=run)
 
 
-@register("datm", "distill", budgets=DATM_BUDGETS,
+@register("datm", "distill", budgets=DATM_BUDGETS, spec=DATM_SPEC, check=check_start_epochs,
           paper="DATM (Guo et al., ICLR 2024) configs/CIFAR-10/ConvIN/IPC10.yaml: syn_steps 80, expert_epochs 2, "
                 "start epoch in [0, 10 -> 20 over 1000 its), lr_img 100, lr_y 2 (momentum 0.9), batch_syn 100, "
                 "threshold 1, 10000 its, 100 experts x 100 epochs (the reference trains experts with FTD's SAM; "
                 "ddnb uses plain SGD) and ZCA (not applied); paper 004 Tab. 2 uses N=80, M=2, T- 20, T+ 35 on "
                 "TinyImageNet")
-def datm(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, settings: dict[str, Any],
-         out_dir: Any = None, resume: bool = False, progress: bool = True, checkpoint_every: int | None = None,
-         eval_every: int = 0, callback: Callable[[int, dict[str, Any]], None] | None = None
-         ) -> tuple[Any, History]:
+def distill_datm(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, settings: dict[str, Any],
+                 run: RunOptions) -> tuple[Any, History]:
     """DATM: trajectory matching with bounded, growing start epochs and learnable soft labels."""
     return _trajectory_matching("datm", dataset, ipc, seed=seed, device=device, budget=budget, settings=settings,
-                                out_dir=out_dir, resume=resume, progress=progress,
-                                checkpoint_every=checkpoint_every, eval_every=eval_every, callback=callback)
+                                run=run)
