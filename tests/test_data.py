@@ -1,4 +1,4 @@
-"""Tests for ddnb.data: every on-disk format from hand-made tiny files, digits, splits, errors."""
+"""Tests for ddnb.data and ddnb.loaders: every on-disk format from hand-made tiny files, digits, splits, errors."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from ddnb import data
-from ddnb.data import DATASET_NAMES, DatasetNotFoundError, list_datasets, load_dataset, read_idx, stratified_split
+from ddnb.data import DATASET_NAMES, DatasetNotFoundError, list_datasets, load_dataset, stratified_split
+from ddnb.loaders import read_idx
 
 FMNIST_SYSTEM = Path(data.FASHION_MNIST_SYSTEM_DIR)
 
