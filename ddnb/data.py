@@ -37,7 +37,7 @@ import os
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -51,6 +51,7 @@ FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
 DIGITS_TEST_FRACTION = 1 / 3
 DIGITS_SPLIT_SEED = 0
 _DIGITS_STATS = ((0.3054,), (0.3762,))  # (mean, std): digits is embedded, so it has no _SPECS entry
+_INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -151,12 +152,28 @@ class Dataset:
         return (x * std + mean).clamp(0.0, 1.0)
 
     def to(self, device: str | torch.device | None) -> Dataset:
-        """A copy of this dataset with every tensor on `device` (None: ddnb's default device)."""
+        """This dataset with every tensor on `device` (None: ddnb's default): self if already there, else a copy."""
         dev = resolve_device(device)
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())  # tensors on "cuda" report "cuda:N"
+        tensors = (self.x_train, self.y_train, self.x_test, self.y_test, self.x_val, self.y_val)
+        if all(t is None or t.device == dev for t in tensors):
+            return self
         move = (lambda t: None if t is None else t.to(dev))
         return dataclasses.replace(self, x_train=move(self.x_train), y_train=move(self.y_train),
                                    x_test=move(self.x_test), y_test=move(self.y_test),
                                    x_val=move(self.x_val), y_val=move(self.y_val))
+
+    def subset(self, indices: Tensor | np.ndarray | Sequence[int]) -> Dataset:
+        """This dataset with its training split restricted to x_train[indices] (test, val and the rest kept)."""
+        idx = torch.as_tensor(indices)
+        idx = idx.long() if idx.numel() == 0 else idx
+        n = len(self.x_train)
+        if idx.dim() != 1 or idx.dtype not in _INT_DTYPES or (len(idx) and not 0 <= idx.min() <= idx.max() < n):
+            raise ValueError(f"subset indices must be a 1-D sequence of ints in 0..{n - 1} (the training images of "
+                             f"{self.name!r}), got {_describe(idx)}")
+        idx = idx.to(device=self.x_train.device, dtype=torch.long)
+        return dataclasses.replace(self, x_train=self.x_train[idx], y_train=self.y_train[idx])
 
     def _check_class(self, c: int) -> int:
         if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < self.num_classes:
@@ -175,6 +192,14 @@ class Dataset:
 
 def _shape(t: Tensor | None) -> str:
     return "None" if t is None else str(tuple(t.shape))
+
+
+def _describe(idx: Tensor) -> str:
+    """Dtype, shape and (for 1-D integer indices) range of an index tensor, for error messages."""
+    text = f"{idx.dtype} of shape {tuple(idx.shape)}"
+    if idx.dim() == 1 and idx.dtype in _INT_DTYPES:
+        text += f" ranging over {int(idx.min())}..{int(idx.max())}"
+    return text
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,8 +257,7 @@ def stratified_split(labels: Tensor | np.ndarray, fraction: float, seed: int) ->
 def _with_validation(data: Dataset, fraction: float, seed: int) -> Dataset:
     """Move a stratified `fraction` of train (chosen by seed) into x_val / y_val."""
     kept, held = stratified_split(data.y_train, fraction, seed)
-    return dataclasses.replace(data, x_train=data.x_train[kept].contiguous(), y_train=data.y_train[kept],
-                               x_val=data.x_train[held].contiguous(), y_val=data.y_train[held])
+    return dataclasses.replace(data.subset(kept), x_val=data.x_train[held], y_val=data.y_train[held])
 
 
 # --------------------------------------------------------------------------------------------
