@@ -2,7 +2,8 @@
 
 A thin layer over the same functions the notebooks call. A user mistake (unknown name, missing
 file, IPC larger than a class, unknown setting) ends with exit status 2 and one line
-`ddnb: error: ...` on stderr; anything else is a bug and keeps its traceback.
+`ddnb: error: ...` on stderr; anything else is a bug and keeps its traceback.  `ddnb` alone prints
+the commands, one line each, and exits 2.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any, Sequence
 
 from ddnb import __version__
 
-USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
+USER_ERRORS = (ValueError, FileNotFoundError)  # what ddnb raises for a user mistake; a KeyError is a bug
 
 
 def parse_value(text: str) -> Any:
@@ -157,11 +158,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def device_name(text: str) -> str:
+    """A --device value, checked to be a torch device string so that a typo is a usage error, not a traceback."""
+    import torch
+
+    try:
+        torch.device(text)
+    except RuntimeError as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; allowed: cpu, cuda, cuda:N, mps") from err
+    return text
+
+
 def _add_common(p: argparse.ArgumentParser, *, seed: bool = False, device: bool = True) -> None:
     """Options several subcommands share."""
     p.add_argument("--root", default=None, help="folder to look for datasets in first")
     if device:
-        p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+        p.add_argument("--device", type=device_name, default=None,
+                       help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     if seed:
         p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
@@ -170,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `ddnb` and its subcommands."""
     parser = argparse.ArgumentParser(prog="ddnb", description="Notebook-first dataset distillation.")
     parser.add_argument("--version", action="version", version=f"ddnb {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
 
     p = sub.add_parser("datasets", help="list datasets, whether each is available and where")
     _add_common(p, device=False)
@@ -226,16 +239,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _one_line(exc: BaseException) -> str:
-    """An exception's message on one line (KeyError without its quotes); lines joined by '; '."""
-    msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-    lines = [line.strip() for line in msg.splitlines() if line.strip()]
+    """An exception's message on one line: its lines joined by '; '."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     joined = "".join(f"{line}{' ' if line.endswith(':') else '; '}" for line in lines)
     return joined.rstrip("; ") or type(exc).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `ddnb`: parse arguments, run the subcommand, turn user mistakes into exit 2."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        print("\nddnb: error: no command given; pick one of the commands above", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
     except USER_ERRORS as exc:

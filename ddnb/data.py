@@ -28,35 +28,30 @@ Every other dataset is read from files, looked for under the ``root`` argument a
 ``{train,test}_32x32.mat``, ``tiny-imagenet-200``); Fashion-MNIST is also looked for in
 ``/usr/share/datasets/fashion-mnist`` (Debian's ``dataset-fashion-mnist`` package).  A dataset
 that is not found raises ``DatasetNotFoundError`` listing every place looked at and how to get it.
+This module finds the files and builds the ``Dataset``; ``ddnb.loaders`` reads each file format.
 """
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import os
-import pickle
-import struct
-import zlib
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ddnb.loaders import (DIGIT_CLASSES, FASHION_CLASSES, IDX_FILES, load_cifar10, load_cifar100,
+                          load_idx_folder, load_svhn, load_tinyimagenet, missing_files, missing_idx)
 from ddnb.utils import resolve_device
-
-DATASET_NAMES = ("digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "svhn", "tinyimagenet")
 
 FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
 DIGITS_TEST_FRACTION = 1 / 3
 DIGITS_SPLIT_SEED = 0
-
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-DIGIT_CLASSES = [str(d) for d in range(10)]
+_DIGITS_STATS = ((0.3054,), (0.3762,))  # (mean, std): digits is embedded, so it has no _SPECS entry
+_INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -157,12 +152,28 @@ class Dataset:
         return (x * std + mean).clamp(0.0, 1.0)
 
     def to(self, device: str | torch.device | None) -> Dataset:
-        """A copy of this dataset with every tensor on `device` (None: ddnb's default device)."""
+        """This dataset with every tensor on `device` (None: ddnb's default): self if already there, else a copy."""
         dev = resolve_device(device)
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())  # tensors on "cuda" report "cuda:N"
+        tensors = (self.x_train, self.y_train, self.x_test, self.y_test, self.x_val, self.y_val)
+        if all(t is None or t.device == dev for t in tensors):
+            return self
         move = (lambda t: None if t is None else t.to(dev))
         return dataclasses.replace(self, x_train=move(self.x_train), y_train=move(self.y_train),
                                    x_test=move(self.x_test), y_test=move(self.y_test),
                                    x_val=move(self.x_val), y_val=move(self.y_val))
+
+    def subset(self, indices: Tensor | np.ndarray | Sequence[int]) -> Dataset:
+        """This dataset with its training split restricted to x_train[indices] (test, val and the rest kept)."""
+        idx = torch.as_tensor(indices)
+        idx = idx.long() if idx.numel() == 0 else idx
+        n = len(self.x_train)
+        if idx.dim() != 1 or idx.dtype not in _INT_DTYPES or (len(idx) and not 0 <= idx.min() <= idx.max() < n):
+            raise ValueError(f"subset indices must be a 1-D sequence of ints in 0..{n - 1} (the training images of "
+                             f"{self.name!r}), got {_describe(idx)}")
+        idx = idx.to(device=self.x_train.device, dtype=torch.long)
+        return dataclasses.replace(self, x_train=self.x_train[idx], y_train=self.y_train[idx])
 
     def _check_class(self, c: int) -> int:
         if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < self.num_classes:
@@ -181,6 +192,14 @@ class Dataset:
 
 def _shape(t: Tensor | None) -> str:
     return "None" if t is None else str(tuple(t.shape))
+
+
+def _describe(idx: Tensor) -> str:
+    """Dtype, shape and (for 1-D integer indices) range of an index tensor, for error messages."""
+    text = f"{idx.dtype} of shape {tuple(idx.shape)}"
+    if idx.dim() == 1 and idx.dtype in _INT_DTYPES:
+        text += f" ranging over {int(idx.min())}..{int(idx.max())}"
+    return text
 
 
 # --------------------------------------------------------------------------------------------
@@ -238,8 +257,7 @@ def stratified_split(labels: Tensor | np.ndarray, fraction: float, seed: int) ->
 def _with_validation(data: Dataset, fraction: float, seed: int) -> Dataset:
     """Move a stratified `fraction` of train (chosen by seed) into x_val / y_val."""
     kept, held = stratified_split(data.y_train, fraction, seed)
-    return dataclasses.replace(data, x_train=data.x_train[kept].contiguous(), y_train=data.y_train[kept],
-                               x_val=data.x_train[held].contiguous(), y_val=data.y_train[held])
+    return dataclasses.replace(data.subset(kept), x_val=data.x_train[held], y_val=data.y_train[held])
 
 
 # --------------------------------------------------------------------------------------------
@@ -301,14 +319,6 @@ def _not_found_message(key: str, places: list[_Place]) -> str:
     return "\n".join(lines)
 
 
-def _missing_files(names: tuple[str, ...], folder: Path) -> list[str]:
-    return [n for n in names if not (folder / n).exists()]
-
-
-def _missing_idx(names: tuple[str, ...], folder: Path) -> list[str]:
-    return [f"{n}[.gz]" for n in names if _idx_path(folder, n) is None]
-
-
 # --------------------------------------------------------------------------------------------
 # Loading and normalizing
 # --------------------------------------------------------------------------------------------
@@ -358,192 +368,6 @@ def _load_digits() -> Dataset:
                          digits.target[test.numpy()], DIGIT_CLASSES, 16.0, "sklearn")
 
 
-# ---- IDX (MNIST, Fashion-MNIST) --------------------------------------------------------------
-
-_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-_IDX_DTYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
-               0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
-
-
-def _idx_path(folder: Path, name: str) -> Path | None:
-    """The IDX file `name` in folder, gzipped (.gz) or not, or None."""
-    return next((p for p in (folder / f"{name}.gz", folder / name) if p.is_file()), None)
-
-
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Parse an IDX file (.gz or raw), checking its magic number and size; ValueError if corrupted."""
-    path = Path(path)
-    raw = path.read_bytes()
-    if path.suffix == ".gz":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as err:
-            raise ValueError(f"{path} is not a valid gzip file ({err}); delete it and download it again") from err
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] == 0:
-        raise ValueError(f"{path} is not an IDX file: bad magic number {raw[:4].hex()!r} "
-                         "(expected 0000 + type byte 08..0e + number of dimensions)")
-    ndim, dtype = raw[3], _IDX_DTYPES[raw[2]]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError(f"{path} is truncated: its IDX header needs {header} bytes, the file has {len(raw)}")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    if len(raw) - header != expected:
-        raise ValueError(f"{path} is corrupted: dimensions {dims} need {expected} data bytes, "
-                         f"the file has {len(raw) - header}")
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
-
-
-def _load_idx_folder(classes: list[str], folder: Path) -> tuple:
-    """train/t10k images and labels of an MNIST-style IDX folder, images as (N,1,28,28) uint8."""
-    arrays = [read_idx(_idx_path(folder, n)) for n in _IDX_FILES]
-    for images, labels, split in ((arrays[0], arrays[1], "train"), (arrays[2], arrays[3], "t10k")):
-        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels) or images.dtype != np.uint8:
-            raise ValueError(f"{folder}: {split} images {images.shape} {images.dtype} and labels {labels.shape} "
-                             "do not match (expected uint8 (N,H,W) and (N,))")
-    return arrays[0][:, None], arrays[1], arrays[2][:, None], arrays[3], classes
-
-
-# ---- CIFAR (python pickle batches) -------------------------------------------------------------
-
-# The official CIFAR "python version" is pickle: dicts with bytes keys holding lists and numpy
-# arrays.  Unpickling may run code, so only the globals needed to rebuild numpy arrays are allowed.
-_SAFE_PICKLE_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-                        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):
-        if (module, name) not in _SAFE_PICKLE_GLOBALS:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a CIFAR batch holds only "
-                                         "dicts, lists and numpy arrays")
-        if module.startswith("numpy.core.") and hasattr(np, "_core"):
-            module = "numpy._core." + module[len("numpy.core."):]
-        return super().find_class(module, name)
-
-
-def _read_cifar_pickle(path: Path) -> dict:
-    """One CIFAR pickle file as a dict with bytes keys (pickle.load with encoding='bytes')."""
-    with open(path, "rb") as fh:
-        try:
-            obj = _ArrayUnpickler(fh, encoding="bytes").load()
-        except (pickle.UnpicklingError, EOFError, ValueError) as err:
-            raise ValueError(f"{path} is not a valid CIFAR pickle batch ({err})") from err
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path} is not a valid CIFAR pickle batch (holds {type(obj).__name__}, not a dict)")
-    return obj
-
-
-def _cifar_arrays(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
-    batch = _read_cifar_pickle(path)
-    if b"data" not in batch or label_key not in batch:
-        raise ValueError(f"{path} lacks the keys b'data' and {label_key!r} of a CIFAR batch")
-    data, labels = np.asarray(batch[b"data"], dtype=np.uint8), np.asarray(batch[label_key], dtype=np.int64)
-    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
-        raise ValueError(f"{path}: data {data.shape} and labels {labels.shape} are not (N, 3072) and (N,)")
-    return data.reshape(-1, 3, 32, 32), labels
-
-
-def _load_cifar10(folder: Path) -> tuple:
-    parts = [_cifar_arrays(folder / f"data_batch_{i}", b"labels") for i in range(1, 6)]
-    x_test, y_test = _cifar_arrays(folder / "test_batch", b"labels")
-    classes = [n.decode() for n in _read_cifar_pickle(folder / "batches.meta")[b"label_names"]]
-    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
-            x_test, y_test, classes)
-
-
-def _load_cifar100(folder: Path) -> tuple:
-    x_train, y_train = _cifar_arrays(folder / "train", b"fine_labels")
-    x_test, y_test = _cifar_arrays(folder / "test", b"fine_labels")
-    classes = [n.decode() for n in _read_cifar_pickle(folder / "meta")[b"fine_label_names"]]
-    return x_train, y_train, x_test, y_test, classes
-
-
-# ---- SVHN (.mat) -------------------------------------------------------------------------------
-
-def _svhn_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """X (32,32,3,N) -> (N,3,32,32); label 10 means digit 0."""
-    from scipy.io import loadmat
-    mat = loadmat(path)
-    x, y = mat.get("X"), mat.get("y")
-    if x is None or y is None or x.ndim != 4 or x.shape[:3] != (32, 32, 3) or y.size != x.shape[3]:
-        raise ValueError(f"{path} is not an SVHN .mat file: expected X (32,32,3,N) and y (N,1)")
-    labels = y.reshape(-1).astype(np.int64)
-    labels[labels == 10] = 0
-    return x.transpose(3, 2, 0, 1), labels
-
-
-def _load_svhn(folder: Path) -> tuple:
-    x_train, y_train = _svhn_arrays(folder / "train_32x32.mat")
-    x_test, y_test = _svhn_arrays(folder / "test_32x32.mat")
-    return x_train, y_train, x_test, y_test, DIGIT_CLASSES
-
-
-# ---- Tiny-ImageNet (image folders) -------------------------------------------------------------
-
-_IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
-_TINY_SIZE = 64
-
-
-def _images_in(folder: Path) -> list[Path]:
-    """Image files of a class folder: folder/images/* when that exists, else folder/*."""
-    folder = folder / "images" if (folder / "images").is_dir() else folder
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
-
-
-def _decode_images(paths: list[Path]) -> np.ndarray:
-    """Decode 64x64 images to uint8 (N,3,64,64), converting grayscale ones to RGB."""
-    from PIL import Image
-    out = np.empty((len(paths), _TINY_SIZE, _TINY_SIZE, 3), dtype=np.uint8)
-    for i, p in enumerate(paths):
-        with Image.open(p) as im:
-            arr = np.asarray(im.convert("RGB"))
-        if arr.shape[:2] != (_TINY_SIZE, _TINY_SIZE):
-            raise ValueError(f"{p} is {arr.shape[1]}x{arr.shape[0]}; Tiny-ImageNet images must be 64x64")
-        out[i] = arr
-    return out.transpose(0, 3, 1, 2)
-
-
-def _tiny_val_files(folder: Path) -> tuple[list[Path], list[str]]:
-    """Validation images and their wnids, from val_annotations.txt or from val/<wnid>/ folders."""
-    val = folder / "val"
-    ann = val / "val_annotations.txt"
-    if ann.is_file():
-        image_dir = val / "images" if (val / "images").is_dir() else val
-        rows = [line.split("\t")[:2] for line in ann.read_text().splitlines() if line.strip()]
-        return [image_dir / name for name, _ in rows], [wnid for _, wnid in rows]
-    class_dirs = sorted(d for d in val.iterdir() if d.is_dir() and d.name != "images")
-    pairs = [(p, d.name) for d in class_dirs for p in _images_in(d)]
-    return [p for p, _ in pairs], [w for _, w in pairs]
-
-
-def _tiny_class_names(folder: Path, wnids: list[str]) -> list[str]:
-    """Readable names from words.txt (first synonym) when present, else the wnids."""
-    words = folder / "words.txt"
-    if not words.is_file():
-        return list(wnids)
-    table = dict(line.split("\t", 1) for line in words.read_text().splitlines() if "\t" in line)
-    return [table.get(w, w).split(",")[0].strip() for w in wnids]
-
-
-def _load_tinyimagenet(folder: Path) -> tuple:
-    wnids = sorted(d.name for d in (folder / "train").iterdir() if d.is_dir())
-    index = {w: i for i, w in enumerate(wnids)}
-    train = [(p, index[w]) for w in wnids for p in _images_in(folder / "train" / w)]
-    val_paths, val_wnids = _tiny_val_files(folder)
-    unknown = sorted(set(val_wnids) - set(index))
-    if unknown:
-        raise ValueError(f"{folder / 'val'} names classes {unknown[:5]} that have no train folder")
-    if not train or not val_paths:
-        raise ValueError(f"{folder} holds {len(train)} train and {len(val_paths)} val images; both must be > 0 "
-                         "(expected train/<wnid>/[images/]*.JPEG and val/ with val_annotations.txt or <wnid>/)")
-    return (_decode_images([p for p, _ in train]), np.array([c for _, c in train], dtype=np.int64),
-            _decode_images(val_paths), np.array([index[w] for w in val_wnids], dtype=np.int64),
-            _tiny_class_names(folder, wnids))
-
-
 # --------------------------------------------------------------------------------------------
 # Registry
 # --------------------------------------------------------------------------------------------
@@ -557,7 +381,7 @@ def _torchvision_hint(cls: str, writes: str, extra: str = "") -> str:
 _SPECS: dict[str, _Spec] = {
     "fashion_mnist": _Spec(
         (0.2861,), (0.3530,), ("FashionMNIST/raw", "fashion-mnist", "fashion_mnist"),
-        partial(_missing_idx, _IDX_FILES), partial(_load_idx_folder, FASHION_CLASSES),
+        partial(missing_idx, IDX_FILES), partial(load_idx_folder, FASHION_CLASSES),
         "  - on Debian/Ubuntu: sudo apt-get install dataset-fashion-mnist  (installs "
         f"{FASHION_MNIST_SYSTEM_DIR})\n"
         + _torchvision_hint("FashionMNIST", "ROOT/FashionMNIST/raw/train-images-idx3-ubyte.gz etc.")
@@ -566,33 +390,34 @@ _SPECS: dict[str, _Spec] = {
         system_dirs=(FASHION_MNIST_SYSTEM_DIR,)),
     "mnist": _Spec(
         (0.1307,), (0.3081,), ("MNIST/raw", "mnist"),
-        partial(_missing_idx, _IDX_FILES), partial(_load_idx_folder, DIGIT_CLASSES),
+        partial(missing_idx, IDX_FILES), partial(load_idx_folder, DIGIT_CLASSES),
         _torchvision_hint("MNIST", "ROOT/MNIST/raw/train-images-idx3-ubyte.gz etc.")
         + "\n  - or put the four IDX files (train-images-idx3-ubyte.gz, ..., t10k-labels-idx1-ubyte.gz;"
           " .gz optional) in ROOT/MNIST/raw"),
     "cifar10": _Spec(
         (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010), ("cifar-10-batches-py",),
-        partial(_missing_files, tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")),
-        _load_cifar10,
+        partial(missing_files, tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")),
+        load_cifar10,
         _torchvision_hint("CIFAR10", "ROOT/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}")),
     "cifar100": _Spec(
         (0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762), ("cifar-100-python",),
-        partial(_missing_files, ("train", "test", "meta")), _load_cifar100,
+        partial(missing_files, ("train", "test", "meta")), load_cifar100,
         _torchvision_hint("CIFAR100", "ROOT/cifar-100-python/{train, test, meta}")),
     "svhn": _Spec(
         (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), ("svhn", "SVHN", "."),
-        partial(_missing_files, ("train_32x32.mat", "test_32x32.mat")), _load_svhn,
+        partial(missing_files, ("train_32x32.mat", "test_32x32.mat")), load_svhn,
         _torchvision_hint("SVHN", "ROOT/train_32x32.mat", "split='train', ")
         + "\n    (and again with split='test' for ROOT/test_32x32.mat); ROOT/svhn/ is looked in too"),
     "tinyimagenet": _Spec(
         (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), ("tiny-imagenet-200",),
-        partial(_missing_files, ("train", "val")), _load_tinyimagenet,
+        partial(missing_files, ("train", "val")), load_tinyimagenet,
         "  - download http://cs231n.stanford.edu/tiny-imagenet-200.zip and unzip it in ROOT, giving\n"
         "    ROOT/tiny-imagenet-200/train/<wnid>/images/*.JPEG and ROOT/tiny-imagenet-200/val/ with\n"
         "    val_annotations.txt + images/ (or val/<wnid>/ folders)"),
 }
 
+DATASET_NAMES: tuple[str, ...] = ("digits", *_SPECS)
+
 _STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "digits": ((0.3054,), (0.3762,)),
-    **{key: (spec.mean, spec.std) for key, spec in _SPECS.items()},
+    "digits": _DIGITS_STATS, **{key: (spec.mean, spec.std) for key, spec in _SPECS.items()},
 }

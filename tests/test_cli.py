@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from ddnb import __version__
+from ddnb import __version__, cli
 from ddnb.cli import main, parse_settings, parse_value
 from ddnb.data import load_dataset
 from ddnb.synset import SyntheticSet
@@ -91,6 +91,52 @@ def test_unknown_distill_method_and_bad_setting(capsys, tmp_path):
     code, _, err = run_main(capsys, "distill", "dm", "--dataset", "digits", "--ipc", "1", "--out", out,
                             "--set", "novalue")
     assert_one_line_error(code, err, "novalue")
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["select", "random", "--dataset", "nosuch", "--ipc", "1"], ["nosuch", "digits"]),
+    (["distill", "dm", "--dataset", "digits", "--ipc", "1", "--budget", "nosuch"], ["nosuch", "smoke"]),
+    (["distill", "dm", "--dataset", "digits", "--ipc", "1", "--budget", "smoke", "--set", "nosuch=1"], ["nosuch"]),
+    (["distill", "dm", "--dataset", "digits", "--ipc", "1", "--budget", "smoke", "--set", "arch=nosuch"],
+     ["nosuch", "convnet3"]),
+])
+def test_unknown_names_are_one_line_errors(capsys, tmp_path, argv, words):
+    code, _, err = run_main(capsys, *argv, "--out", str(tmp_path / "x.safetensors"))
+    assert_one_line_error(code, err, *words)
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_a_malformed_device_is_a_usage_error(capsys, tmp_path):
+    code, _, err = run_main(capsys, "select", "random", "--dataset", "digits", "--ipc", "1", "--device", "nodev",
+                            "--out", str(tmp_path / "x.safetensors"))
+    assert code == 2 and "Traceback" not in err and err.startswith("usage: ddnb select")
+    assert "--device" in err.splitlines()[-1] and "nodev" in err.splitlines()[-1]
+
+
+@pytest.mark.parametrize("option, value", [("--arch", "nosuch"), ("--protocol", "nosuch")])
+def test_unknown_eval_model_or_protocol_is_one_line_error(capsys, random_set, option, value):
+    code, _, err = run_main(capsys, "eval", str(random_set), option, value, "--seeds", "1", "--epochs", "1",
+                            "--device", "cpu", "--quiet")
+    assert_one_line_error(code, err, value)
+
+
+def test_a_key_error_inside_a_command_is_a_bug_and_keeps_its_traceback(monkeypatch):
+    def broken(args):
+        """A command with a bug: a dict lookup that fails."""
+        return {}["missing"]
+
+    monkeypatch.setattr(cli, "cmd_methods", broken)
+    with pytest.raises(KeyError, match="missing"):
+        main(["methods"])
+
+
+def test_no_command_lists_the_commands_and_exits_2(capsys):
+    code, out, err = run_main(capsys)
+    assert code == 2 and out == "" and err.startswith("usage: ddnb")
+    lines = err.splitlines()
+    for name in ("datasets", "methods", "select", "eval", "distill", "run"):
+        assert any(line.split()[:1] == [name] and len(line.split()) > 1 for line in lines), name
+    assert lines[-1].startswith("ddnb: error: ")
 
 
 def test_distill_saves_set_history_and_resumes(capsys, tmp_path):

@@ -1,4 +1,4 @@
-"""Tests for ddnb.data: every on-disk format from hand-made tiny files, digits, splits, errors."""
+"""Tests for ddnb.data and ddnb.loaders: every on-disk format from hand-made tiny files, digits, splits, errors."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from ddnb import data
-from ddnb.data import DATASET_NAMES, DatasetNotFoundError, list_datasets, load_dataset, read_idx, stratified_split
+from ddnb.data import DATASET_NAMES, DatasetNotFoundError, list_datasets, load_dataset, stratified_split
+from ddnb.loaders import read_idx
 
 FMNIST_SYSTEM = Path(data.FASHION_MNIST_SYSTEM_DIR)
 
@@ -249,11 +250,18 @@ def test_digits_shapes_classes_and_documented_statistics():
         sorted(map(bytes, sk.data.astype(np.uint8)))
 
 
-def test_load_is_deterministic_and_to_moves_copies():
+def test_load_is_deterministic_and_to_is_a_no_op_where_the_tensors_are():
     a, b = load_dataset("digits", device="cpu"), load_dataset("digits", device="cpu")
     assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
-    moved = a.to("cpu")
-    assert moved is not a and torch.equal(moved.x_train, a.x_train) and moved.name == "digits"
+    assert a.to("cpu") is a and a.to(torch.device("cpu")) is a
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_to_moves_a_copy_to_another_device_and_stays_there():
+    a = load_dataset("digits", device="cpu", val_fraction=0.1)
+    moved = a.to("cuda")
+    assert moved is not a and moved.x_val.is_cuda and torch.equal(moved.x_train.cpu(), a.x_train)
+    assert moved.to("cuda") is moved and moved.to("cuda:0") is moved and a.x_train.device.type == "cpu"
 
 
 # ---- splits and class helpers -------------------------------------------------------------------------
@@ -279,6 +287,26 @@ def test_val_split_of_load_dataset_comes_from_train_only():
     again = load_dataset("digits", device="cpu", val_fraction=0.2, seed=3)
     assert torch.equal(again.x_val, ds.x_val)
     assert "val=" in repr(ds)
+
+
+def test_subset_is_direct_indexing_of_train_only():
+    ds = load_dataset("digits", device="cpu", val_fraction=0.1)
+    ds.class_indices()                                                   # a cache the subset must not inherit
+    for idx in ([5, 0, 5, 17], np.array([3, 1], dtype=np.int32), torch.arange(0, len(ds.x_train), 7)):
+        sub = ds.subset(idx)
+        want = torch.as_tensor(idx).long()
+        assert torch.equal(sub.x_train, ds.x_train[want]) and torch.equal(sub.y_train, ds.y_train[want])
+        assert sub.x_test is ds.x_test and sub.x_val is ds.x_val and sub.classes == ds.classes
+        assert (sub.name, sub.mean, sub.std, sub.source) == (ds.name, ds.mean, ds.std, ds.source)
+        assert sorted(torch.cat(sub.class_indices()).tolist()) == list(range(len(want)))
+    assert len(ds.subset([]).x_train) == 0
+
+
+@pytest.mark.parametrize("bad", [[0, 1198], [-1], [0.5], [[0, 1]], torch.tensor([True, False])])
+def test_subset_rejects_bad_indices_with_one_error(bad):
+    ds = load_dataset("digits", device="cpu")
+    with pytest.raises(ValueError, match=r"subset indices must be a 1-D sequence of ints in 0\.\.1197"):
+        ds.subset(bad)
 
 
 def test_class_indices_cover_every_sample_once_and_sampling():
