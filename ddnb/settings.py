@@ -129,3 +129,10 @@ def check_settings(method: str, spec: Mapping[str, Spec], settings: Mapping[str,
         rule = spec[key]
         if not rule.accepts(value):
             raise ValueError(f"{method} setting {key}={value!r} is not allowed; allowed: {rule.describe()}")
+
+
+def require(name: str, value: Any, spec: Spec) -> Any:
+    """`value` if the spec allows it, else ValueError "`name` must be <what is allowed>, got <value>" (arguments)."""
+    if not spec.accepts(value):
+        raise ValueError(f"{name} must be {spec.describe()}, got {value!r}")
+    return value

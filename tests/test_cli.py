@@ -142,10 +142,10 @@ def test_no_command_lists_the_commands_and_exits_2(capsys):
 def test_distill_saves_set_history_and_resumes(capsys, tmp_path):
     out = tmp_path / "dm.safetensors"
     argv = ["distill", "dm", "--dataset", "digits", "--ipc", "1", "--budget", "smoke", "--out", str(out),
-            "--device", "cpu", "--set", "iterations=2", "dsa=false"]
+            "--device", "cpu", "--set", "iterations=2", "dsa_strategy=null"]
     assert run_main(capsys, *argv)[0] == 0
     history = json.loads((tmp_path / "dm.history.json").read_text())
-    assert len(history["loss"]) == 2 and history["settings"]["dsa"] is False
+    assert len(history["loss"]) == 2 and history["settings"]["dsa_strategy"] is None
     assert (tmp_path / "dm.checkpoints").is_dir()
     first = SyntheticSet.load(out)
     assert run_main(capsys, *argv, "--resume")[0] == 0  # already finished: restored, not re-run

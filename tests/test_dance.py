@@ -90,8 +90,8 @@ def test_pixel_bounds_are_0_and_1(digits):
 def test_sample_syn_caps_each_class(digits):
     images, labels = init_synthetic(digits, 3, seed=0, factor=2)
     g = torch.Generator().manual_seed(0)
-    full = D.sample_syn(images, labels, 10, 2, 8, 200, g)
-    capped = D.sample_syn(images, labels, 10, 2, 8, 5, g)
+    full = D.sample_syn(images, 3, 10, 2, 8, 200, g)
+    capped = D.sample_syn(images, 3, 10, 2, 8, 5, g)
     assert [len(s) for s in full] == [12] * 10 and [len(s) for s in capped] == [5] * 10
     for a, b in zip(full, capped):  # every kept image is one of the class's decoded images
         assert all(any(torch.equal(x, y) for y in a) for x in b)
@@ -141,9 +141,9 @@ def test_calibration_pulls_synthetic_images_into_the_expert_classes(digits):
 
 
 def test_bad_settings_name_value_and_range(digits):
-    with pytest.raises(ValueError, match="calib_interval must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match="dance setting calib_interval=0 is not allowed; allowed: an int >= 1"):
         ddnb.distill("dance", digits, 1, budget="smoke", calib_interval=0)
-    with pytest.raises(ValueError, match="pltda must be True or False"):
+    with pytest.raises(ValueError, match="dance setting pltda='yes' is not allowed; allowed: true or false"):
         ddnb.distill("dance", digits, 1, budget="smoke", pltda="yes")
     with pytest.raises(ValueError, match=r"unknown setting\(s\) 'lr_img'"):
         ddnb.distill("dance", digits, 1, budget="smoke", lr_img=0.1)
