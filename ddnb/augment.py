@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ddnb.settings import Int, require
+
 DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 DSA_PIECES = ("color", "crop", "cutout", "flip", "scale", "rotate")
 
@@ -162,8 +164,7 @@ def dsa(x: torch.Tensor, strategy: str = DSA_STRATEGY, seed: int | None = None) 
     pieces = parse_strategy(strategy)
     if x.dim() != 4:
         raise ValueError(f"dsa expects a 4-D (N,C,H,W) batch, got shape {tuple(x.shape)}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ValueError(f"seed must be an int or None, got {seed!r}")
+    require("seed", seed, Int(None, optional=True))
     if not pieces:
         return x
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -176,8 +177,7 @@ def dsa(x: torch.Tensor, strategy: str = DSA_STRATEGY, seed: int | None = None) 
 
 def _check_factor(factor: int) -> None:
     """ValueError unless factor is a positive int."""
-    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
-        raise ValueError(f"factor must be a positive int (1 = no factoring), got {factor!r}")
+    require("factor (1 = no factoring)", factor, Int(1))
 
 
 def factor_decode(x: torch.Tensor, factor: int, image_size: int) -> torch.Tensor:

@@ -43,8 +43,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ddnb.loaders import (DIGIT_CLASSES, FASHION_CLASSES, IDX_FILES, load_cifar10, load_cifar100,
-                          load_idx_folder, load_svhn, load_tinyimagenet, missing_files, missing_idx)
+from ddnb.loaders import (DIGIT_CLASSES, FASHION_CLASSES, IDX_FILES, load_cifar10, load_cifar100, load_idx_folder,
+                          load_svhn, load_tinyimagenet, missing_files, missing_idx)
+from ddnb.settings import Float, Int, require
 from ddnb.utils import resolve_device
 
 FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
@@ -210,10 +211,8 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, device: str |
                  val_fraction: float = 0.0, seed: int = 0) -> Dataset:
     """Load a dataset by name, normalized, on `device`; optionally carve a stratified validation split."""
     key = canonical_name(name)
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction={val_fraction!r}; allowed: a number in [0, 1)")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed={seed!r}; allowed: a non-negative int")
+    require("val_fraction", val_fraction, Float(0, 1, high_open=True))
+    require("seed", seed, Int(0))
     data = _load_digits() if key == "digits" else _load_from_disk(key, root)
     if val_fraction > 0:
         data = _with_validation(data, val_fraction, seed)

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ddnb.settings import Int, require
 from ddnb.synset import load_tensor_file, save_tensor_file
 from ddnb.utils import atomic_save_json, resolve_device
 
@@ -91,10 +92,8 @@ def cache_key(config: dict[str, Any]) -> str:
 def _check_args(arch: str, n: int, epochs: int, lr: float, batch_size: int, seed: int) -> None:
     """ValueError for counts, sizes and seeds that make no sense."""
     for what, value in (("n", n), ("epochs", epochs), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{what} must be a positive int, got {value!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        require(what, value, Int(1))
+    require("seed", seed, Int(0))
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr!r}")
     if not isinstance(arch, str):

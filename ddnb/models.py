@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddnb.settings import Int, require
+
 NORMS = ("instancenorm", "batchnorm", "none")
 ACTIVATIONS = ("relu", "leakyrelu", "sigmoid")
 POOLINGS = ("avgpool", "maxpool", "none")
@@ -37,8 +39,7 @@ def _check_choice(what: str, value: str, allowed: tuple[str, ...]) -> None:
 
 def _check_positive_int(what: str, value: Any) -> None:
     """Raise ValueError unless `value` is a positive int (bools excluded)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{what} must be a positive int, got {value!r}")
+    require(what, value, Int(1))
 
 
 def norm_layer(norm: str, channels: int) -> nn.Module:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ddnb.settings import Choice, Int, Spec
+from ddnb.settings import Choice, Int, Spec, require
 
 KMEANS_BACKENDS = ("auto", "torch", "sklearn")
 KMEANS_INITS = ("random", "k-means++")
@@ -56,10 +56,8 @@ def _check_kmeans_args(x: Tensor, k: int, n_iter: int, tol: float) -> None:
     """ValueError for k-means arguments out of range."""
     if x.dim() != 2 or x.shape[0] == 0:
         raise ValueError(f"k-means needs a non-empty 2-D (n, d) tensor, got shape {tuple(x.shape)}")
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= x.shape[0]:
-        raise ValueError(f"k={k!r} clusters asked for {x.shape[0]} points; allowed: an int in 1..{x.shape[0]}")
-    if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
-        raise ValueError(f"n_iter must be a positive int, got {n_iter!r}")
+    require("k (clusters)", k, Int(1, x.shape[0]))
+    require("n_iter", n_iter, Int(1))
     if not tol >= 0:
         raise ValueError(f"tol must be >= 0, got {tol!r}")
 
@@ -175,8 +173,7 @@ def kmeans(x: Tensor, k: int, *, backend: str = "auto", n_iter: int = 100, tol: 
 
 def nearest_to_centres(x: Tensor, centres: Tensor, n: int = 1) -> Tensor:
     """(k, n) row indices of x: for each centre, its n nearest points, nearest first (DREAM's query)."""
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= x.shape[0]:
-        raise ValueError(f"n={n!r} nearest points asked for among {x.shape[0]}; allowed: an int in 1..{x.shape[0]}")
+    require("n (nearest points)", n, Int(1, x.shape[0]))
     d2 = squared_distances(centres.float(), x.float())
     return torch.topk(d2, n, dim=1, largest=False).indices
 
@@ -208,9 +205,7 @@ def representatives(model: nn.Module, images: Tensor, k: int, per_cluster: int =
 
 def _check_positive(name: str, value: Any) -> int:
     """The value as an int, or ValueError unless it is a positive int."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
+    return require(name, value, Int(1))
 
 
 def _mix_seed(*parts: int) -> int:
@@ -323,8 +318,7 @@ class DreamSampler:
         """Indices into dataset.x_train of the batch of class `cls` at `step` (re-clustering when due)."""
         if not 0 <= cls < self.dataset.num_classes:
             raise ValueError(f"class {cls!r} out of range; allowed: 0..{self.dataset.num_classes - 1}")
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ValueError(f"step must be a non-negative int, got {step!r}")
+        require("step", step, Int(0))
         block = step // self.interval
         if int(self.block[cls]) != block:
             return self.recluster(cls, block)

@@ -63,7 +63,8 @@ class Spec:
                 bounds.append(f"{'>' if self.low_open else '>='} {self.low:g}")
             if self.high is not None:
                 bounds.append(f"{'<' if self.high_open else '<='} {self.high:g}")
-            text = f"{'an int' if self.kind == 'int' else 'a finite number'}{' ' if bounds else ''}{' and '.join(bounds)}"
+            noun = "an int" if self.kind == "int" else "a finite number"
+            text = " ".join([noun, " and ".join(bounds)]) if bounds else noun
         return f"None or {text}" if self.optional else text
 
 

@@ -79,7 +79,7 @@ def test_torch_kmeans_matches_sklearn_inertia_on_blobs():
 
 def test_kmeans_rejects_bad_k_and_backend():
     x = torch.randn(5, 2)
-    with pytest.raises(ValueError, match="k=6"):
+    with pytest.raises(ValueError, match=r"k \(clusters\) must be an int >= 1 and <= 5, got 6"):
         kmeans(x, 6)
     with pytest.raises(ValueError, match="backend"):
         kmeans(x, 2, backend="faiss")

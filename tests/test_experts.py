@@ -87,7 +87,7 @@ def test_load_params_roundtrip_and_size_check():
 
 
 def test_bad_arguments_are_errors(digits, tmp_path):
-    with pytest.raises(ValueError, match="n must be a positive int"):
+    with pytest.raises(ValueError, match="n must be an int >= 1"):
         train_experts(digits, n=0, cache_dir=tmp_path)
     with pytest.raises(ValueError, match="lr must be > 0"):
         train_experts(digits, lr=0.0, cache_dir=tmp_path)

@@ -104,7 +104,7 @@ def test_channels_last_input() -> None:
         (lambda: get_model("convnet", 3, 10, 32, pool="stride"), "allowed: avgpool"),
         (lambda: get_model("convnet3", 3, 10, 32, depth=4), "does not take depth"),
         (lambda: get_model("resnet18", 3, 10, 32, width=3), "does not take width"),
-        (lambda: ConvNet(0, 10, 32), "in_channels must be a positive int"),
+        (lambda: ConvNet(0, 10, 32), "in_channels must be an int >= 1, got 0"),
     ],
 )
 def test_bad_input_is_named(call, match: str) -> None:

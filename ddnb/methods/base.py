@@ -3,8 +3,8 @@ the helpers every method needs (seeded per-iteration randomness, real-image and 
 initialization, the final SyntheticSet with provenance).
 
 A method writes one `step(it) -> float` closure over a `state` dict and hands both to
-`run_loop` with the run's `RunOptions`, which adds progress, timing, periodic evaluation, atomic checkpoints, exact resume
-and a clear stop on NaN. Resume is exact because every random choice inside `step(it)` comes
+`run_loop` with the run's `RunOptions`, which adds progress, timing, periodic evaluation, atomic
+checkpoints, exact resume and a clear stop on NaN. Resume is exact because every random choice inside `step(it)` comes
 from `seed_iteration(seed, it)` (a function of seed and iteration only), and everything that
 evolves (images, optimizer state, learnable lr, ...) lives in `state` and is checkpointed.
 
@@ -26,6 +26,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ddnb import alloc
+from ddnb.settings import Int, require
 from ddnb.utils import atomic_save_json, atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -192,12 +193,9 @@ def _eval_record(iteration: int, result: Any) -> dict[str, Any]:
 def _check_loop_args(n_iters: int, checkpoint_every: int | None, eval_every: int,
                      out_dir: Any, resume: bool) -> None:
     """ValueError for loop arguments out of range."""
-    for name, value, low in (("n_iters", n_iters, 0), ("eval_every", eval_every, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int)
-                                         or checkpoint_every < 1):
-        raise ValueError(f"checkpoint_every must be a positive int or None, got {checkpoint_every!r}")
+    require("n_iters", n_iters, Int(0))
+    require("eval_every", eval_every, Int(0))
+    require("checkpoint_every", checkpoint_every, Int(1, optional=True))
     if resume and out_dir is None:
         raise ValueError("resume=True needs out_dir (the folder holding the checkpoints)")
     if not resume and out_dir is not None and latest_checkpoint(out_dir) is not None:
@@ -268,10 +266,8 @@ def _write_checkpoint(folder: Path, done: int, state: dict[str, Any], history: H
 
 def check_ipc(dataset: Any, ipc: int, factor: int = 1) -> list[Tensor]:
     """Validate ipc (and factor) against the class sizes; returns the per-class index tensors."""
-    if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
-        raise ValueError(f"ipc must be a positive int, got {ipc!r}")
-    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
-        raise ValueError(f"factor must be a positive int (1 = no factoring), got {factor!r}")
+    require("ipc", ipc, Int(1))
+    require("factor (1 = no factoring)", factor, Int(1))
     per_class = [idx.cpu() for idx in dataset.class_indices()]
     smallest = min(len(idx) for idx in per_class)
     need = ipc * factor * factor

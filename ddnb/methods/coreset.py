@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from ddnb.methods import register
 from ddnb.methods.base import check_ipc, real_init_indices
 from ddnb.models import get_model
+from ddnb.settings import Int, require
 from ddnb.synset import SyntheticSet
 from ddnb.utils import resolve_device
 
@@ -28,8 +29,7 @@ def _check_features(features: Tensor, k: int) -> None:
     if features.ndim != 2:
         raise ValueError(f"features must be 2-D (n, d), got shape {tuple(features.shape)}")
     n = features.shape[0]
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
-        raise ValueError(f"k must be an int in 1..{n} (the number of samples), got {k!r}")
+    require("k", k, Int(1, n))
 
 
 def herding_indices(features: Tensor, k: int) -> Tensor:

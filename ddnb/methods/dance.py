@@ -41,8 +41,8 @@ from ddnb.matching import calibration_loss
 from ddnb.methods import register
 from ddnb.methods.base import (History, RunOptions, build_synset, in_loop_eval, init_synthetic, pixel_bounds,
                                real_subset, run_loop, seed_iteration, subsample)
-from ddnb.methods.dm import (ReinitNet, class_seeds, dm_loss, real_class_means, sample_real,
-                             syn_by_class, syn_class_means)
+from ddnb.methods.dm import (ReinitNet, class_seeds, dm_loss, real_class_means, sample_real, syn_by_class,
+                             syn_class_means)
 from ddnb.settings import Bool, Choice, Float, Int, Positive, Strategy, Text
 from ddnb.utils import resolve_device
 
@@ -63,7 +63,8 @@ SPEC = dict(arch=Text(), lr_img_per_ipc=Positive(), momentum=Float(0, 1, high_op
             compile=Bool(), real_chunk=Int(1), eval_seeds=Int(1), expert_lr=Positive(),
             expert_momentum=Float(0, 1, high_open=True), expert_weight_decay=Float(0), expert_batch=Int(1),
             expert_dsa=Strategy(optional=False, bool_ok=True), expert_seed=Int(0),
-            expert_images_per_class=Int(1, optional=True), iterations=Int(0), batch_real=Int(1), n_experts=Int(1), expert_epochs=Int(1))
+            expert_images_per_class=Int(1, optional=True), iterations=Int(0), batch_real=Int(1), n_experts=Int(1),
+            expert_epochs=Int(1))
 
 
 # ---------------------------------------------------------------- the two views

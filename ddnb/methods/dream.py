@@ -37,7 +37,7 @@ from ddnb.methods import register
 from ddnb.methods.base import (History, RunOptions, build_synset, check_ipc, class_images, encode_per_class,
                                in_loop_eval, init_synthetic, pixel_bounds, run_loop, seed_iteration, subsample)
 from ddnb.models import get_model
-from ddnb.sampling import (KMEANS_BACKENDS, SAMPLER_SPEC, SAMPLERS, DreamSampler, RandomSampler, centre_boundary_split,
+from ddnb.sampling import (SAMPLER_SPEC, DreamSampler, RandomSampler, centre_boundary_split,
                            coverage, embed_images, make_sampler, per_sample_grad_norms, representatives)
 from ddnb.settings import Choice, Float, Int, Positive, Strategy, Text
 from ddnb.train import RegimeLoss, run_epoch

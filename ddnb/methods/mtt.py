@@ -31,10 +31,10 @@ from torch.func import functional_call
 from ddnb.augment import DSA_STRATEGY, dsa, factor_decode, factor_encode, factor_labels
 from ddnb.matching import trajectory_loss
 from ddnb.methods import register
-from ddnb.methods.base import (History, RunOptions, build_synset, check_ipc, encode_per_class, in_loop_eval,
+from ddnb.methods.base import (History, RunOptions, build_synset, check_ipc, in_loop_eval,
                                init_synthetic, real_subset, run_loop, seed_iteration)
 from ddnb.models import get_model
-from ddnb.settings import Bool, Choice, Float, Int, Positive, Strategy, Text
+from ddnb.settings import Choice, Float, Int, Positive, Strategy, Text
 from ddnb.utils import resolve_device
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -65,8 +65,9 @@ def _datm(budget: str, **changes: Any) -> dict[str, Any]:
     return {k: v for k, v in {**MTT_BUDGETS[budget], **_DATM_EXTRA, **changes}.items() if k != "init"}
 
 
-MTT_SPEC = dict(arch=Text(), momentum=Float(0, 1, high_open=True), lr_teacher=Positive(), batch_syn=Int(1, optional=True),
-                dsa_strategy=Strategy(), init=Choice("real", "noise"), factor=Int(1), eval_seeds=Int(1),
+MTT_SPEC = dict(arch=Text(), momentum=Float(0, 1, high_open=True), lr_teacher=Positive(),
+                batch_syn=Int(1, optional=True), dsa_strategy=Strategy(), init=Choice("real", "noise"), factor=Int(1),
+                eval_seeds=Int(1),
                 n_experts=Int(1), expert_train_epochs=Int(1), expert_lr=Positive(), expert_batch=Int(1),
                 expert_dsa=Strategy(optional=False, bool_ok=True), expert_subset=Int(1, optional=True),
                 expert_seed=Int(0), expert_cache_dir=Text(optional=True), iterations=Int(0), syn_steps=Int(1),
