@@ -359,6 +359,17 @@ def in_loop_eval(current: Callable[[dict[str, Any]], Any], dataset: Any, device:
     return run
 
 
+def variant_entry(loop: Callable[..., tuple[Any, History]], name: str) -> Callable[..., tuple[Any, History]]:
+    """The registered entry point of variant `name` of a loop several methods share (dc/dsa, mtt/datm, idc/dream)."""
+
+    def entry(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, settings: dict[str, Any],
+              run: RunOptions) -> tuple[Any, History]:
+        return loop(name, dataset, ipc, seed=seed, device=device, budget=budget, settings=settings, run=run)
+
+    entry.__name__ = "distill_" + name.replace("+", "_plus")
+    return entry
+
+
 def build_synset(images: Tensor, labels: Tensor, dataset: Any, *, method: str, settings: dict[str, Any],
                  seed: int, budget: str, factor: int = 1, **extra: Any) -> Any:
     """The result SyntheticSet (on CPU, detached) with provenance: method, params, seed, budget, versions."""

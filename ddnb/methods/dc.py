@@ -21,8 +21,8 @@ from torch import Tensor, nn
 from ddnb.augment import DSA_STRATEGY, dsa, factor_decode, factor_labels
 from ddnb.matching import gradient_distance
 from ddnb.methods import register
-from ddnb.methods.base import (History, RunOptions, build_synset, class_images, in_loop_eval, init_synthetic, run_loop,
-                               seed_iteration)
+from ddnb.methods.base import (History, RunOptions, build_synset, class_images, in_loop_eval, init_synthetic,
+                               run_loop, seed_iteration, variant_entry)
 from ddnb.models import get_model
 from ddnb.sampling import SAMPLER_SETTINGS, SAMPLER_SPEC, make_sampler
 from ddnb.settings import Choice, Float, Int, Positive, Strategy, Text
@@ -176,19 +176,13 @@ def _gradient_matching(name: str, dataset: Any, ipc: int, *, seed: int, device: 
     return current(), history
 
 
-@register("dc", "distill", budgets=DC_BUDGETS, spec=DC_SPEC,
-          paper="DC (Zhao et al., ICLR 2021) Tab. 1 / VICO-UoE/DatasetCondensation main.py defaults "
-                "(Iteration 1000, lr_img 0.1, lr_net 0.01, batch_real 256, get_loops(ipc), init noise)")
-def distill_dc(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, settings: dict[str, Any],
-               run: RunOptions) -> tuple[Any, History]:
-    """DC: match per-class weight gradients of real and synthetic batches along a network's training."""
-    return _gradient_matching("dc", dataset, ipc, seed=seed, device=device, budget=budget, settings=settings, run=run)
-
-
-@register("dsa", "distill", budgets=DSA_BUDGETS, spec=DSA_SPEC,
-          paper="DSA (Zhao & Bilen, ICML 2021) Tab. 1 / DatasetCondensation main.py --method DSA "
-                "--init real --dsa_strategy color_crop_cutout_flip_scale_rotate (other settings as DC)")
-def distill_dsa(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, settings: dict[str, Any],
-                run: RunOptions) -> tuple[Any, History]:
-    """DSA: DC with the same (siamese) differentiable augmentation on the real and synthetic batch of a class."""
-    return _gradient_matching("dsa", dataset, ipc, seed=seed, device=device, budget=budget, settings=settings, run=run)
+register("dc", "distill", budgets=DC_BUDGETS, spec=DC_SPEC,
+         paper="DC (Zhao et al., ICLR 2021) Tab. 1 / VICO-UoE/DatasetCondensation main.py defaults "
+               "(Iteration 1000, lr_img 0.1, lr_net 0.01, batch_real 256, get_loops(ipc), init noise)",
+         summary="DC: match per-class weight gradients of real and synthetic batches along a network's training")(
+    variant_entry(_gradient_matching, "dc"))
+register("dsa", "distill", budgets=DSA_BUDGETS, spec=DSA_SPEC,
+         paper="DSA (Zhao & Bilen, ICML 2021) Tab. 1 / DatasetCondensation main.py --method DSA "
+               "--init real --dsa_strategy color_crop_cutout_flip_scale_rotate (other settings as DC)",
+         summary="DSA: DC with the same (siamese) differentiable augmentation on the real and synthetic batch "
+                 "of a class")(variant_entry(_gradient_matching, "dsa"))

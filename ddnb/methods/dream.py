@@ -25,7 +25,7 @@ step to match (`lr_img_factor`). The second half of the module holds notebook 03
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +35,8 @@ from torch import Tensor, nn
 from ddnb.augment import dsa
 from ddnb.methods import register
 from ddnb.methods.base import (History, RunOptions, build_synset, check_ipc, class_images, encode_per_class,
-                               in_loop_eval, init_synthetic, pixel_bounds, run_loop, seed_iteration, subsample)
+                               in_loop_eval, init_synthetic, pixel_bounds, run_loop, seed_iteration, subsample,
+                               variant_entry)
 from ddnb.models import get_model
 from ddnb.sampling import (SAMPLER_SPEC, DreamSampler, RandomSampler, centre_boundary_split,
                            coverage, embed_images, make_sampler, per_sample_grad_norms, representatives)
@@ -265,28 +266,18 @@ def _distill(name: str, dataset: Any, ipc: int, *, seed: int, device: Any, budge
     return current(), history
 
 
-def _entry(name: str) -> Callable[..., tuple[Any, History]]:
-    """The registered entry point of one variant (same signature as every ddnb distill method)."""
-
-    def entry(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, settings: dict[str, Any],
-              run: RunOptions) -> tuple[Any, History]:
-        return _distill(name, dataset, ipc, seed=seed, device=device, budget=budget, settings=settings, run=run)
-
-    entry.__name__ = "distill_" + name.replace("+", "_plus")
-    return entry
-
-
 _PAPER = ("002 §4.1 (ConvNet-3, IDC base with factor 2, 1,200 iterations x 100 inner loops, SGD image lr 5e-3 "
           "[1e-4 with MAE on MNIST/Fashion-MNIST], 128 sub-clusters, clustering every 10 inner loops); "
           "hyperparameters of Yanqing0327/DREAM condense_improve.py and IDC reproduce.py")
 register("idc", "distill", BUDGETS["idc"], spec=SPEC, paper=_PAPER,
          summary="IDC: gradient matching of factored images, network trained on real data, random real batches")(
-    _entry("idc"))
+    variant_entry(_distill, "idc"))
 register("dream", "distill", BUDGETS["dream"], spec=SPEC, paper=_PAPER,
          summary="DREAM: IDC with real batches of k-means representatives and cluster-centre initialization")(
-    _entry("dream"))
+    variant_entry(_distill, "dream"))
 register("dream+", "distill", BUDGETS["dream+"], spec=SPEC, paper=_PAPER,
-         summary="DREAM+: DREAM with bidirectional (gradient + mean-feature) matching")(_entry("dream+"))
+         summary="DREAM+: DREAM with bidirectional (gradient + mean-feature) matching")(
+    variant_entry(_distill, "dream+"))
 
 
 # ---------------------------------------------------------------- analysis (notebook 03)

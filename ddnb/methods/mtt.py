@@ -32,7 +32,7 @@ from ddnb.augment import DSA_STRATEGY, dsa, factor_decode, factor_encode, factor
 from ddnb.matching import trajectory_loss
 from ddnb.methods import register
 from ddnb.methods.base import (History, RunOptions, build_synset, check_ipc, in_loop_eval,
-                               init_synthetic, real_subset, run_loop, seed_iteration)
+                               init_synthetic, real_subset, run_loop, seed_iteration, variant_entry)
 from ddnb.models import get_model
 from ddnb.settings import Choice, Float, Int, Positive, Strategy, Text
 from ddnb.utils import resolve_device
@@ -299,26 +299,18 @@ def _trajectory_matching(name: str, dataset: Any, ipc: int, *, seed: int, device
     return _result(images, labels, data, s, name, seed, budget, state, kind), history
 
 
-@register("mtt", "distill", budgets=MTT_BUDGETS, spec=MTT_SPEC, check=check_start_epochs,
-          paper="MTT (Cazenavette et al., CVPR 2022) CIFAR-10 IPC 10 (hyperparameter table of the appendix; "
-                "mtt-distillation distill.py/buffer.py): syn_steps 30, expert_epochs 2, max_start_epoch 20, "
-                "lr_img 1000, lr_lr 1e-5, lr_teacher 0.01, 100 experts x 50 epochs; the paper also uses ZCA, "
-                "which ddnb does not apply")
-def distill_mtt(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, settings: dict[str, Any],
-                run: RunOptions) -> tuple[Any, History]:
-    """MTT: make N student steps on the synthetic set land where M expert epochs on real data land."""
-    return _trajectory_matching("mtt", dataset, ipc, seed=seed, device=device, budget=budget, settings=settings,
-                                run=run)
-
-
-@register("datm", "distill", budgets=DATM_BUDGETS, spec=DATM_SPEC, check=check_start_epochs,
-          paper="DATM (Guo et al., ICLR 2024) configs/CIFAR-10/ConvIN/IPC10.yaml: syn_steps 80, expert_epochs 2, "
-                "start epoch in [0, 10 -> 20 over 1000 its), lr_img 100, lr_y 2 (momentum 0.9), batch_syn 100, "
-                "threshold 1, 10000 its, 100 experts x 100 epochs (the reference trains experts with FTD's SAM; "
-                "ddnb uses plain SGD) and ZCA (not applied); paper 004 Tab. 2 uses N=80, M=2, T- 20, T+ 35 on "
-                "TinyImageNet")
-def distill_datm(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, settings: dict[str, Any],
-                 run: RunOptions) -> tuple[Any, History]:
-    """DATM: trajectory matching with bounded, growing start epochs and learnable soft labels."""
-    return _trajectory_matching("datm", dataset, ipc, seed=seed, device=device, budget=budget, settings=settings,
-                                run=run)
+register("mtt", "distill", budgets=MTT_BUDGETS, spec=MTT_SPEC, check=check_start_epochs,
+         paper="MTT (Cazenavette et al., CVPR 2022) CIFAR-10 IPC 10 (hyperparameter table of the appendix; "
+               "mtt-distillation distill.py/buffer.py): syn_steps 30, expert_epochs 2, max_start_epoch 20, "
+               "lr_img 1000, lr_lr 1e-5, lr_teacher 0.01, 100 experts x 50 epochs; the paper also uses ZCA, "
+               "which ddnb does not apply",
+         summary="MTT: make N student steps on the synthetic set land where M expert epochs on real data land")(
+    variant_entry(_trajectory_matching, "mtt"))
+register("datm", "distill", budgets=DATM_BUDGETS, spec=DATM_SPEC, check=check_start_epochs,
+         paper="DATM (Guo et al., ICLR 2024) configs/CIFAR-10/ConvIN/IPC10.yaml: syn_steps 80, expert_epochs 2, "
+               "start epoch in [0, 10 -> 20 over 1000 its), lr_img 100, lr_y 2 (momentum 0.9), batch_syn 100, "
+               "threshold 1, 10000 its, 100 experts x 100 epochs (the reference trains experts with FTD's SAM; "
+               "ddnb uses plain SGD) and ZCA (not applied); paper 004 Tab. 2 uses N=80, M=2, T- 20, T+ 35 on "
+               "TinyImageNet",
+         summary="DATM: trajectory matching with bounded, growing start epochs and learnable soft labels")(
+    variant_entry(_trajectory_matching, "datm"))
