@@ -161,26 +161,3 @@ def test_malloc_tuning_respects_environment(env, expected):
     out = subprocess.run([sys.executable, "-c", "import ddnb.alloc as a; print(sorted(a.tune_malloc()))"],
                          env={**clean, **env}, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == str(expected)
-
-
-@pytest.mark.parametrize("method", ["dm", "dc", "dance", "mtt", "idc"])
-def test_in_loop_eval_sees_the_current_set(method, monkeypatch):
-    # every method hands run_loop an eval that evaluates the set as it is at that iteration: the
-    # last evaluation (after the final iteration) must see exactly the set distill returns
-    import ddnb.train
-    from ddnb.data import load_dataset
-    from ddnb.methods import distill
-
-    seen = []
-
-    def fake_evaluate(synset, dataset, **kw):
-        seen.append((synset.images.clone(), kw))
-        return {"mean": 10.0, "std": 0.0, "per_seed": [10.0]}
-
-    monkeypatch.setattr(ddnb.train, "evaluate_synset", fake_evaluate)
-    syn, hist = distill(method, load_dataset("digits"), 1, budget="smoke", seed=0, progress=False,
-                        iterations=2, eval_every=1)
-    assert [e["iteration"] for e in hist.evals] == [1, 2] and len(seen) == 2
-    torch.testing.assert_close(seen[-1][0], syn.images)
-    assert not torch.equal(seen[0][0], seen[1][0])  # the first evaluation saw the set before the last step
-    assert seen[-1][1]["progress"] is False and "arch" in seen[-1][1]

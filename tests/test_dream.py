@@ -13,7 +13,7 @@ from ddnb.methods.base import encode_per_class
 from ddnb.methods.dream import bidirectional_loss, kmeans_init_indices, matched_parameters
 from ddnb.models import get_model
 from ddnb.sampling import (SAMPLER_SETTINGS, DreamSampler, RandomSampler, kmeans, kmeans_torch, make_sampler,
-                           nearest_to_centres, representatives)
+                           nearest_to_centres)
 
 
 class FlatEmbed(nn.Module):
@@ -35,18 +35,45 @@ def tiny_dataset(n_per_class: int = 30, classes: int = 2, seed: int = 0) -> Data
     return Dataset("tiny", x, y, x[:4], y[:4], [str(c) for c in range(classes)], (0.0,), (1.0,), "test")
 
 
-def brute_min_distance(points: torch.Tensor, centre: torch.Tensor) -> float:
-    """Smallest squared distance from `centre` to any point, by a Python loop in float64."""
-    return min(float(((p - centre.double()) ** 2).sum()) for p in points.double())
+def blob_dataset(classes: int = 2, blobs: int = 2, per_blob: int = 12, seed: int = 0) -> tuple[Dataset, torch.Tensor]:
+    """1x2x2 images: each class is `blobs` tight, far-apart blobs (std 1, centres 40 apart), shuffled.
+
+    Every Lloyd run with k = blobs from distinct data points ends with one cluster per blob, whatever
+    its seed, so the k-means centres are the blob means: a reference that needs no k-means at all.
+    Returns the dataset and the blob of every training image.
+    """
+    g = torch.Generator().manual_seed(seed)
+    offsets = 20.0 * torch.tensor([[1.0, 1.0, -1.0, 1.0], [-1.0, -1.0, 1.0, -1.0], [1.0, -1.0, 1.0, 1.0]])[:blobs]
+    xs, ys, bs = [], [], []
+    for c in range(classes):
+        pts = torch.cat([offsets[b] + torch.randn(per_blob, 4, generator=g) for b in range(blobs)])
+        blob = torch.arange(blobs).repeat_interleave(per_blob)
+        perm = torch.randperm(len(pts), generator=g)  # blob members are not contiguous in x_train
+        xs.append(pts[perm].reshape(-1, 1, 2, 2))
+        bs.append(blob[perm])
+        ys.append(torch.full((len(pts),), c))
+    x, y = torch.cat(xs), torch.cat(ys)
+    data = Dataset("blobs", x, y, x[:4], y[:4], [str(c) for c in range(classes)], (0.0,), (1.0,), "test")
+    return data, torch.cat(bs)
 
 
-def assert_nearest(chosen: list[int], class_idx: torch.Tensor, feats: torch.Tensor, centres: torch.Tensor) -> None:
-    """Each chosen x_train index is (one of) the class points nearest its centre (ties allowed)."""
-    where = {int(g): i for i, g in enumerate(class_idx)}
-    assert len(chosen) == len(centres)
-    for g, m in zip(chosen, centres):
-        d = float(((feats[where[g]].double() - m.double()) ** 2).sum())
-        assert d == pytest.approx(brute_min_distance(feats, m), abs=1e-5)
+def nearest_of_each_blob(data: Dataset, blob: torch.Tensor, cls: int, n: int) -> set[tuple[int, ...]]:
+    """Brute force in float64: per blob of class `cls`, the x_train indices of its n points nearest the blob mean."""
+    out = set()
+    members = [i for i in range(len(data.y_train)) if int(data.y_train[i]) == cls]
+    for b in sorted({int(blob[i]) for i in members}):
+        pts = [i for i in members if int(blob[i]) == b]
+        mean = sum(data.x_train[i].double().flatten() for i in pts) / len(pts)
+        dist = sorted((float(((data.x_train[i].double().flatten() - mean) ** 2).sum()), i) for i in pts)
+        assert dist[n][0] - dist[n - 1][0] > 1e-4  # well defined in float32 too: no near tie at the cut
+        out.add(tuple(i for _, i in dist[:n]))
+    return out
+
+
+def centre_groups(idx: torch.Tensor, n: int) -> set[tuple[int, ...]]:
+    """A centre-major batch (n per centre, nearest first) as a set of per-centre tuples (centre order is free)."""
+    flat = idx.tolist()
+    return {tuple(flat[j:j + n]) for j in range(0, len(flat), n)}
 
 
 # ---------------------------------------------------------------- k-means and nearest points
@@ -87,19 +114,14 @@ def test_kmeans_rejects_bad_k_and_backend():
 
 @pytest.mark.parametrize("backend", ["torch", "sklearn"])
 def test_dream_sampler_picks_sample_nearest_each_centre(backend):
-    data = tiny_dataset()
-    sampler = DreamSampler(data, batch_size=4, interval=3, seed=7, backend=backend)
-    sampler.bind(FlatEmbed())
-    idx = sampler.select(1, 0)
-    class_idx = data.class_indices()[1]
-    feats = data.x_train[class_idx].flatten(1)
-    # the same clustering, recomputed with the seed the sampler used for (class 1, block 0)
-    seed = sampler.cluster_seed(1, 0)
-    local = representatives(FlatEmbed(), data.x_train[class_idx], 4, 1, backend=backend, seed=seed)
-    assert idx.tolist() == class_idx[local].tolist()
-    centres = kmeans(feats, 4, backend=backend, seed=seed).centres
-    assert_nearest(idx.tolist(), class_idx, feats, centres)
-    assert set(idx.tolist()) <= set(class_idx.tolist())
+    data, blob = blob_dataset()
+    for seed in (7, 8):  # the clustering's seed changes nothing on well-separated blobs
+        sampler = DreamSampler(data, batch_size=2, interval=3, seed=seed, backend=backend)
+        sampler.bind(FlatEmbed())
+        for cls in (0, 1):
+            idx = sampler.select(cls, 0)
+            assert centre_groups(idx, 1) == nearest_of_each_blob(data, blob, cls, 1)
+            assert centre_groups(sampler.select(cls, 3), 1) == centre_groups(idx, 1)  # next block: same blobs
 
 
 def test_dream_sampler_reclusters_every_interval_and_restores_state():
@@ -122,16 +144,12 @@ def test_dream_sampler_reclusters_every_interval_and_restores_state():
 
 
 def test_per_cluster_takes_n_nearest_of_each_centre():
-    data = tiny_dataset()
+    data, blob = blob_dataset()
     sampler = DreamSampler(data, batch_size=6, per_cluster=3, seed=0)
     sampler.bind(FlatEmbed())
-    idx = sampler.select(0, 0)
-    class_idx = data.class_indices()[0]
-    feats = data.x_train[class_idx].flatten(1)
-    centres = kmeans(feats, 2, seed=sampler.cluster_seed(0, 0)).centres
-    for j, c in enumerate(centres):
-        order = torch.argsort(((feats - c) ** 2).sum(1))[:3]
-        assert idx[3 * j:3 * j + 3].tolist() == class_idx[order].tolist()
+    for cls in (0, 1):
+        idx = sampler.select(cls, 0)
+        assert idx.numel() == 6 and centre_groups(idx, 3) == nearest_of_each_blob(data, blob, cls, 3)
 
 
 def test_sampler_input_errors():
@@ -152,39 +170,93 @@ def test_sampler_input_errors():
 
 # ---------------------------------------------------------------- the loss
 
-def test_bidirectional_loss_is_gradient_term_plus_feature_term_by_hand():
+def _reference_idc_loss(net: nn.Module, real: torch.Tensor, syn: torch.Tensor, cls: int, metric: str,
+                        feature_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """IDC's matching loss of one class (002 Eq. 2a; DREAM+ adds Eq. 2b), written out sample by sample.
+
+    The gradient of the batch-mean cross-entropy w.r.t. each conv weight is the mean of the
+    per-sample gradients (one autograd call per image, unlike the batched loss under test); D is
+    the summed squared ("mse") or absolute ("mae") difference over every entry; the feature
+    term is D between the batch means of the embeddings. Only syn carries a graph.
+    """
+    convs = [m.weight for m in net.modules() if isinstance(m, nn.Conv2d)]  # no bias, norm or classifier
+
+    def mean_ce_grads(x: torch.Tensor, graph: bool) -> list[torch.Tensor]:
+        total = [torch.zeros_like(w) for w in convs]
+        for i in range(x.shape[0]):
+            ce = -torch.log_softmax(net(x[i:i + 1]), dim=1)[0, cls]
+            for t, g in zip(total, torch.autograd.grad(ce, convs, create_graph=graph)):
+                t += g
+        return [t / x.shape[0] for t in total]
+
+    def dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        diff = (a - b).flatten()
+        return (diff * diff).sum() if metric == "mse" else diff.abs().sum()
+
+    g_real = [g.detach() for g in mean_ce_grads(real, graph=False)]
+    g_syn = mean_ce_grads(syn, graph=True)
+    grad_term = sum(dist(r, s) for r, s in zip(g_real, g_syn))
+    feat_term = dist(net.embed(real).detach().mean(0), net.embed(syn).mean(0))
+    return grad_term + feature_weight * feat_term, grad_term, feat_term
+
+
+@pytest.mark.parametrize("metric", ["mse", "mae"])
+@pytest.mark.parametrize("feature_weight", [0.0, 1.0, 0.5])  # 0: IDC / DREAM; > 0: DREAM+
+def test_bidirectional_loss_and_its_image_gradient_match_a_plain_reference(metric, feature_weight):
+    torch.manual_seed(0)
+    net = get_model("convnet", 1, 3, 8, depth=2, width=4).double()  # float64: finite differences below
+    g = torch.Generator().manual_seed(1)
+    real = torch.randn(5, 1, 8, 8, generator=g, dtype=torch.float64)
+    syn = torch.randn(3, 1, 8, 8, generator=g, dtype=torch.float64).requires_grad_(True)
+    y_real, y_syn = torch.full((5,), 2), torch.full((3,), 2)
+    loss, g_part, f_part = bidirectional_loss(net, real, syn, y_real, y_syn, metric=metric,
+                                              feature_weight=feature_weight)
+    ref, ref_g, ref_f = _reference_idc_loss(net, real, syn, 2, metric, feature_weight)
+    for ours, theirs in ((g_part, ref_g), (f_part, ref_f), (loss, ref)):
+        assert float(ours.detach()) == pytest.approx(float(theirs.detach()), rel=1e-9)
+    assert float(ref_g.detach()) > 0 and float(ref_f.detach()) > 0
+    (got,) = torch.autograd.grad(loss, syn)
+    (want,) = torch.autograd.grad(ref, syn)
+    torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-12)
+    assert all(p.grad is None for p in net.parameters())  # the network's own gradients stay untouched
+    # and the gradient is the loss's slope: central differences on a few pixels, no autograd
+    eps = 1e-6
+    for pos in [(0, 0, 0, 0), (1, 0, 3, 4), (2, 0, 7, 2), (2, 0, 5, 5)]:
+        bumped = []
+        for sign in (1, -1):
+            x = syn.detach().clone()
+            x[pos] += sign * eps
+            bumped.append(float(bidirectional_loss(net, real, x.requires_grad_(True), y_real, y_syn, metric=metric,
+                                                   feature_weight=feature_weight)[0].detach()))
+        assert (bumped[0] - bumped[1]) / (2 * eps) == pytest.approx(float(got[pos]), rel=1e-4, abs=1e-8)
+
+
+def test_bidirectional_loss_is_zero_when_the_synthetic_batch_is_the_real_one():
     torch.manual_seed(0)
     net = get_model("convnet", 1, 3, 8, depth=2, width=4)
-    real, syn = torch.randn(6, 1, 8, 8), torch.randn(4, 1, 8, 8, requires_grad=True)
-    y_real, y_syn = torch.full((6,), 2), torch.full((4,), 2)
+    real = torch.randn(4, 1, 8, 8)
+    syn = real.clone().requires_grad_(True)
+    y = torch.full((4,), 1)
     convs = [m.weight for m in net.modules() if isinstance(m, nn.Conv2d)]
-    assert matched_parameters(net) == convs
-    for metric, dist in (("mse", lambda a, b: ((a - b) ** 2).sum()), ("mae", lambda a, b: (a - b).abs().sum())):
-        gr = torch.autograd.grad(F.cross_entropy(net(real), y_real), convs)
-        gs = torch.autograd.grad(F.cross_entropy(net(syn), y_syn), convs, create_graph=True)
-        grad_term = sum(dist(a, b) for a, b in zip(gr, gs))
-        feat_term = dist(net.embed(real).mean(0), net.embed(syn).mean(0))
-        loss, g_part, f_part = bidirectional_loss(net, real, syn, y_real, y_syn, metric=metric, feature_weight=0.5)
-        assert float(g_part.detach()) == pytest.approx(float(grad_term.detach()), rel=1e-5)
-        assert float(f_part.detach()) == pytest.approx(float(feat_term.detach()), rel=1e-5)
-        assert float(loss.detach()) == pytest.approx(float((grad_term + 0.5 * feat_term).detach()), rel=1e-5)
-        (want,) = torch.autograd.grad(grad_term + 0.5 * feat_term, syn)
-        (got,) = torch.autograd.grad(loss, syn)
-        assert torch.allclose(got, want, rtol=1e-4, atol=1e-6)
-    assert all(p.grad is None for p in net.parameters())
+    assert matched_parameters(net) == convs  # conv weights only: no bias, norm or classifier
+    loss, g_part, f_part = bidirectional_loss(net, real, syn, y, y, metric="mse", feature_weight=1.0)
+    assert float(g_part.detach()) == pytest.approx(0.0, abs=1e-10)
+    assert float(f_part.detach()) == pytest.approx(0.0, abs=1e-10)
+    (grad,) = torch.autograd.grad(loss, syn)
+    assert float(grad.abs().max()) < 1e-6  # a minimum of the matching loss
 
 
 # ---------------------------------------------------------------- cluster-centre init
 
-def test_kmeans_init_returns_real_images_nearest_the_centres():
-    data = tiny_dataset(classes=3)
-    idx = kmeans_init_indices(data, FlatEmbed(), 3, seed=5)
-    assert idx.shape == (9,)
-    for c, class_idx in enumerate(data.class_indices()):
-        feats = data.x_train[class_idx].flatten(1)
-        centres = kmeans(feats, 3, seed=5 * 1009 + c).centres
-        assert_nearest(idx[3 * c:3 * c + 3].tolist(), class_idx, feats, centres)
-    images = encode_per_class(data.x_train[idx], 3, 3, 1)
+@pytest.mark.parametrize("backend", ["torch", "sklearn"])
+def test_kmeans_init_returns_real_images_nearest_the_centres(backend):
+    data, blob = blob_dataset(classes=3)
+    for seed in (5, 6):
+        idx = kmeans_init_indices(data, FlatEmbed(), 2, backend=backend, seed=seed)
+        assert idx.shape == (6,)
+        for c in range(3):  # class c's two images: the one nearest each of its blobs' means
+            assert centre_groups(idx[2 * c:2 * c + 2], 1) == nearest_of_each_blob(data, blob, c, 1)
+    images = encode_per_class(data.x_train[idx], 3, 2, 1)
     assert torch.equal(images, data.x_train[idx])
 
 
