@@ -126,18 +126,30 @@ def checkpoint_dir(out: str | Path) -> Path:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    """`ddnb distill`: run a distillation method under a budget; save the set and its History."""
+    """`ddnb distill`: run a distillation method under a budget; save the set and its History.
+
+    The run locks its output file and checkpoint folder (a second run on either is refused) and
+    removes temp files an interrupted earlier run left there.
+    """
     from ddnb.data import load_dataset
+    from ddnb.locks import output_lock
     from ddnb.methods import distill, get_method
+    from ddnb.synset import check_set_destination
+    from ddnb.utils import remove_stale_temps
 
     settings = parse_settings(args.set or [])
     get_method(args.method, "distill")  # an unknown name fails before the dataset is loaded
-    run_opts = {"progress": True, "resume": args.resume, "out_dir": args.checkpoint_dir or checkpoint_dir(args.out)}
-    data = load_dataset(args.dataset, root=args.root, device=args.device)
-    synset, history = distill(args.method, data, args.ipc, budget=args.budget, seed=args.seed, device=args.device,
-                              **{**run_opts, **settings})
-    synset.save(args.out)
-    history.save(history_path(args.out))
+    out, folder = Path(args.out), Path(args.checkpoint_dir or checkpoint_dir(args.out))
+    with output_lock(out), output_lock(folder):
+        check_set_destination(out, overwrite=args.overwrite)
+        remove_stale_temps(out.parent, [out.name, history_path(out).name])
+        remove_stale_temps(folder)
+        run_opts = {"progress": True, "resume": args.resume, "out_dir": folder}
+        data = load_dataset(args.dataset, root=args.root, device=args.device)
+        synset, history = distill(args.method, data, args.ipc, budget=args.budget, seed=args.seed,
+                                  device=args.device, **{**run_opts, **settings})
+        synset.save(out)
+        history.save(history_path(out))
     _out(f"saved {synset.n_stored} images ({args.method}, {args.dataset}, ipc {args.ipc}, budget {args.budget}) "
          f"to {args.out}; history: {history_path(args.out)}")
     return 0
@@ -212,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the checkpoint folder")
     p.add_argument("--checkpoint-dir", default=None,
                    help="folder for checkpoints (default: FILE without its suffix + .checkpoints)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out even when it is not a ddnb set")
     _add_common(p, seed=True)
     p.set_defaults(func=cmd_distill)
 

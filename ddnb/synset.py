@@ -336,3 +336,15 @@ def load_tensor_file(path: str | os.PathLike, kind: str) -> tuple[dict[str, Tens
     except (KeyError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path} has a damaged ddnb metadata record ({exc})") from exc
     return tensors, meta
+
+
+def check_set_destination(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """`path` as a Path when a set may be saved there: nothing there yet, a ddnb set (replaced), or any
+    other file when `overwrite`; otherwise a ValueError naming it (a folder is never replaced)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give the path of the .safetensors file to save the set to")
+    if path.exists() and not overwrite and not is_ddnb_file(path, FILE_KIND):
+        raise ValueError(f"{path} exists and is not a ddnb set; pass --overwrite (overwrite=True) to replace it, "
+                         f"or choose another path")
+    return path
