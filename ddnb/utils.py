@@ -103,7 +103,7 @@ def git_sha() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")  # atomic_write_bytes' mkstemp names
+TEMP_RE = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")  # atomic_write_bytes' mkstemp names
 
 
 def remove_stale_temps(folder: str | os.PathLike, names: Iterable[str] | None = None) -> list[Path]:
@@ -115,7 +115,7 @@ def remove_stale_temps(folder: str | os.PathLike, names: Iterable[str] | None = 
         return []
     wanted = None if names is None else set(names)
     removed = [p for p in folder.iterdir()
-               if (m := _TEMP_RE.match(p.name)) and (wanted is None or m.group("name") in wanted) and p.is_file()]
+               if (m := TEMP_RE.match(p.name)) and (wanted is None or m.group("name") in wanted) and p.is_file()]
     for path in removed:
         path.unlink(missing_ok=True)
         log.info("removed %s, left by a write that was interrupted", path)

@@ -134,6 +134,18 @@ def test_run_notebook_that_fails_exits_1(capsys, tmp_path):
     assert record["status"] == "failed" and record["params"]["value"] == 2
 
 
+def test_run_into_a_used_folder_needs_overwrite(capsys, tmp_path):
+    nb = tiny_notebook(tmp_path / "tiny.ipynb")
+    out = tmp_path / "good"
+    assert run_main(capsys, "run", str(nb), "--out", str(out), "--quiet")[0] == 0
+    record = (out / "results.json").read_text()
+    code, _, err = run_main(capsys, "run", str(nb), "-p", "value", "2", "--out", str(out), "--quiet")
+    assert_one_line_error(code, err, str(out), "not empty", "--overwrite")
+    assert (out / "results.json").read_text() == record  # the good run is kept
+    code, _, err = run_main(capsys, "run", str(nb), "-p", "value", "2", "--out", str(out), "--quiet", "--overwrite")
+    assert code == 1 and json.loads((out / "results.json").read_text())["status"] == "failed"
+
+
 def test_methods_lists_the_selectors(capsys):
     code, out, _ = run_main(capsys, "methods", "--json")
     rows = {r["name"]: r for r in json.loads(out)}
