@@ -31,7 +31,7 @@ test: setup data
 
 # The quickstart notebook, headless, on the embedded digits data (a minute or two on a laptop CPU).
 demo: setup data
-	$(BIN)/ddnb run notebooks/00_quickstart.ipynb -p dataset digits -p budget smoke -p eval_epochs 100 --out outputs/demo
+	$(BIN)/ddnb run notebooks/00_quickstart.ipynb -p dataset digits -p budget smoke -p eval_epochs 100 --out outputs/demo --overwrite
 
 lab: setup data
 	$(BIN)/jupyter lab notebooks/

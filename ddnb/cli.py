@@ -127,18 +127,30 @@ def checkpoint_dir(out: str | Path) -> Path:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    """`ddnb distill`: run a distillation method under a budget; save the set and its History."""
+    """`ddnb distill`: run a distillation method under a budget; save the set and its History.
+
+    The run locks its output file and checkpoint folder (a second run on either is refused) and
+    removes temp files an interrupted earlier run left there.
+    """
     from ddnb.data import load_dataset
+    from ddnb.locks import output_lock
     from ddnb.methods import distill, get_method
+    from ddnb.synset import check_set_destination
+    from ddnb.utils import remove_stale_temps
 
     settings = parse_settings(args.set or [])
     get_method(args.method, "distill")  # an unknown name fails before the dataset is loaded
-    run_opts = {"progress": True, "resume": args.resume, "out_dir": args.checkpoint_dir or checkpoint_dir(args.out)}
-    data = load_dataset(args.dataset, root=args.root, device=args.device)
-    synset, history = distill(args.method, data, args.ipc, budget=args.budget, seed=args.seed, device=args.device,
-                              **{**run_opts, **settings})
-    synset.save(args.out)
-    history.save(history_path(args.out))
+    out, folder = Path(args.out), Path(args.checkpoint_dir or checkpoint_dir(args.out))
+    with output_lock(out), output_lock(folder):
+        check_set_destination(out, overwrite=args.overwrite)
+        remove_stale_temps(out.parent, [out.name, history_path(out).name])
+        remove_stale_temps(folder)
+        run_opts = {"progress": True, "resume": args.resume, "out_dir": folder}
+        data = load_dataset(args.dataset, root=args.root, device=args.device)
+        synset, history = distill(args.method, data, args.ipc, budget=args.budget, seed=args.seed,
+                                  device=args.device, **{**run_opts, **settings})
+        synset.save(out)
+        history.save(history_path(out))
     _out(f"saved {synset.n_stored} images ({args.method}, {args.dataset}, ipc {args.ipc}, budget {args.budget}) "
          f"to {args.out}; history: {history_path(args.out)}")
     return 0
@@ -150,7 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     params = {name: parse_value(value) for name, value in args.param or []}
     out = Path(args.out) if args.out is not None else Path("runs") / Path(args.notebook).stem
-    result = run_notebook(args.notebook, params, out, progress=not args.quiet)
+    result = run_notebook(args.notebook, params, out, progress=not args.quiet, overwrite=args.overwrite)
     _out(f"{args.notebook}: {result['status']}; outputs in {out.resolve()}")
     if result["status"] == "failed":
         print(f"ddnb: run failed: {result.get('error')}", file=sys.stderr)
@@ -225,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the checkpoint folder")
     p.add_argument("--checkpoint-dir", default=None,
                    help="folder for checkpoints (default: FILE without its suffix + .checkpoints)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out even when it is not a ddnb set")
     _add_common(p, seed=True)
     p.set_defaults(func=cmd_distill)
 
@@ -233,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
                    help="set a notebook parameter (value parsed as JSON when possible)")
     p.add_argument("--out", default=None, help="output folder (default: runs/<notebook name>)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the earlier run in a non-empty output folder (its listed files)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
     return parser

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import numpy as np
 
-from ddnb.utils import atomic_save_json
+from ddnb.utils import TEMP_RE, atomic_save_json
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -150,29 +150,66 @@ def _assigned_parameters(path: Path) -> list[str]:
 
 def run_notebook(notebook: str | Path, params: Mapping[str, Any] | None, out_dir: str | Path, *,
                  kernel: str = "python3", cell_timeout: float | None = None,
-                 progress: bool = False) -> dict[str, Any]:
+                 progress: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Execute a notebook headlessly into `out_dir` (executed copy, figures, results.json) and
-    return its results. Bad arguments raise; a run that dies is reported (status "failed")."""
+    return its results. Bad arguments raise; a run that dies is reported (status "failed").
+
+    `out_dir` must be empty or new, so an earlier run is never mixed with or lost to this one;
+    `overwrite=True` first removes an earlier run's files (those its results.json lists). The
+    folder is locked for the run (a second run into it is refused, see ddnb.locks).
+    """
     import papermill
+
+    from ddnb.locks import output_lock
 
     path = _existing_notebook(notebook)
     params = dict(params or {})
     out = Path(out_dir).resolve()
     defaults = notebook_parameters(path)
     _check_params(path, params, defaults, out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / RESULTS_NAME).unlink(missing_ok=True)  # a record left by an earlier run is not this run's
-    before = _snapshot(out)
-    executed = out / path.name
-    started = time.time()
-    error = None
+    with output_lock(out):
+        _clear_output(out, overwrite)
+        out.mkdir(parents=True, exist_ok=True)
+        before = _snapshot(out)
+        executed = out / path.name
+        started = time.time()
+        error = None
+        try:
+            papermill.execute_notebook(
+                str(path), str(executed), parameters={**params, "output_dir": str(out)}, kernel_name=kernel,
+                cwd=str(path.parent), progress_bar=progress, execution_timeout=cell_timeout)
+        except Exception as exc:  # noqa: BLE001 -- recorded in results.json and returned, not hidden
+            error = _describe(exc)
+        return _finish(path, out, {**defaults, **params, "output_dir": str(out)}, before, started, error)
+
+
+def _clear_output(out: Path, overwrite: bool) -> None:
+    """Refuse a non-empty output folder, or with `overwrite` remove the earlier run in it: the files its
+    results.json lists, that record, and temp files of interrupted writes; any other file is refused."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output folder {str(out)!r} is a file; give a folder (new or empty)")
+    files = sorted(p for p in out.rglob("*") if p.is_file()) if out.is_dir() else []
+    if not files:
+        return
+    names = [str(p.relative_to(out)) for p in files]
+    if not overwrite:
+        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        raise ValueError(f"output folder {str(out)!r} is not empty (holds {shown}); pass overwrite=True "
+                         f"(ddnb run --overwrite) to replace the earlier run in it, or choose a new folder")
     try:
-        papermill.execute_notebook(
-            str(path), str(executed), parameters={**params, "output_dir": str(out)}, kernel_name=kernel,
-            cwd=str(path.parent), progress_bar=progress, execution_timeout=cell_timeout)
-    except Exception as exc:  # noqa: BLE001 -- recorded in results.json and returned, not hidden
-        error = _describe(exc)
-    return _finish(path, out, {**defaults, **params, "output_dir": str(out)}, before, started, error)
+        listed = {RESULTS_NAME, *read_results(out)["artifacts"]}
+    except (FileNotFoundError, ValueError, json.JSONDecodeError):
+        listed = {RESULTS_NAME}
+    unknown = [n for n in names if n not in listed and not TEMP_RE.match(Path(n).name)]
+    if unknown:
+        raise ValueError(f"output folder {str(out)!r} holds files no results.json of an earlier run lists "
+                         f"({', '.join(unknown[:4])}); overwrite replaces only a ddnb run folder: move them or "
+                         f"choose a new folder")
+    for p in files:
+        p.unlink()
+    for folder in sorted((p for p in out.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        if not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def collect(root: str | Path) -> pd.DataFrame:

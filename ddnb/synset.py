@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import struct
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,7 +30,8 @@ if TYPE_CHECKING:
 
 LABEL_KINDS = ("hard", "soft_probs", "soft_logits")
 FILE_KIND = "ddnb.SyntheticSet"
-_FORMAT_VERSION = "1"
+_FORMAT_VERSION = "2"  # 2: the checksum covers the header (kind, version, meta) too; 1: the tensors only
+_OLD_FORMAT_VERSIONS = ("1",)
 _PROB_TOL = 1e-3  # rows of "soft_probs" labels must sum to 1 within this tolerance
 
 
@@ -237,9 +239,12 @@ class SyntheticSet:
 
 
 # --------------------------------------------------------------------- file format
-def _tensor_digest(tensors: dict[str, Tensor]) -> str:
-    """SHA-256 over names, dtypes, shapes and bytes of the tensors (detects corruption on load)."""
+def _tensor_digest(tensors: dict[str, Tensor], header: dict[str, str] | None = None) -> str:
+    """SHA-256 over the header entries other than the checksum (when given), then the names, dtypes,
+    shapes and bytes of the tensors (detects corruption of either on load)."""
     h = hashlib.sha256()
+    if header is not None:
+        h.update(json.dumps({k: v for k, v in header.items() if k != "sha256"}, sort_keys=True).encode() + b"|")
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
@@ -252,8 +257,9 @@ def save_tensor_file(path: str | os.PathLike, tensors: dict[str, Tensor], meta: 
     cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     header = {
         "ddnb_kind": kind, "ddnb_format_version": _FORMAT_VERSION,
-        "ddnb_meta": json.dumps(meta, default=_json_default), "sha256": _tensor_digest(cpu),
+        "ddnb_meta": json.dumps(meta, default=_json_default),
     }
+    header["sha256"] = _tensor_digest(cpu, header)
     return atomic_write_bytes(path, safetensors.torch.save(cpu, metadata=header))
 
 
@@ -286,10 +292,24 @@ def _read_header(path: Path, data: bytes, kind: str) -> dict[str, str]:
         raise ValueError(f"{path} is a safetensors file without ddnb metadata; {expected}")
     if meta["ddnb_kind"] != kind:
         raise ValueError(f"{path} holds a {meta['ddnb_kind']!r}, not a {kind!r}; {expected}")
-    if meta.get("ddnb_format_version") != _FORMAT_VERSION:
-        raise ValueError(f"{path} has format version {meta.get('ddnb_format_version')!r}; this ddnb reads "
-                         f"version {_FORMAT_VERSION!r}")
+    version = meta.get("ddnb_format_version")
+    if version != _FORMAT_VERSION and version not in _OLD_FORMAT_VERSIONS:
+        raise ValueError(f"{path} has format version {version!r}; this ddnb reads versions "
+                         f"{[_FORMAT_VERSION, *_OLD_FORMAT_VERSIONS]}")
     return meta
+
+
+def is_ddnb_file(path: str | os.PathLike, kind: str) -> bool:
+    """True when `path` is a file whose safetensors header says it holds a `kind` written by ddnb."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(8)
+            size = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+            _read_header(path, head + fh.read(min(size, 100_000_000)), kind)
+    except (OSError, ValueError, struct.error):
+        return False
+    return True
 
 
 def load_tensor_file(path: str | os.PathLike, kind: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -303,10 +323,28 @@ def load_tensor_file(path: str | os.PathLike, kind: str) -> tuple[dict[str, Tens
         tensors = safetensors.torch.load(data)
     except safetensors.SafetensorError as exc:
         raise ValueError(f"{path} is truncated or corrupted ({exc}); expected a complete {kind} file") from exc
-    if _tensor_digest(tensors) != header.get("sha256"):
-        raise ValueError(f"{path} is corrupted: its tensors do not match the checksum stored when it was saved")
+    if header["ddnb_format_version"] in _OLD_FORMAT_VERSIONS:
+        if _tensor_digest(tensors) != header.get("sha256"):
+            raise ValueError(f"{path} is corrupted: its tensors do not match the checksum stored when it was saved")
+        warnings.warn(f"{path} was saved by an older ddnb (format {header['ddnb_format_version']}): its checksum "
+                      f"covers the tensors but not the metadata; save it again to protect both", stacklevel=3)
+    elif _tensor_digest(tensors, header) != header.get("sha256"):
+        raise ValueError(f"{path} is corrupted: its tensors or metadata do not match the checksum stored when "
+                         f"it was saved")
     try:
         meta = json.loads(header["ddnb_meta"])
     except (KeyError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path} has a damaged ddnb metadata record ({exc})") from exc
     return tensors, meta
+
+
+def check_set_destination(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """`path` as a Path when a set may be saved there: nothing there yet, a ddnb set (replaced), or any
+    other file when `overwrite`; otherwise a ValueError naming it (a folder is never replaced)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give the path of the .safetensors file to save the set to")
+    if path.exists() and not overwrite and not is_ddnb_file(path, FILE_KIND):
+        raise ValueError(f"{path} exists and is not a ddnb set; pass --overwrite (overwrite=True) to replace it, "
+                         f"or choose another path")
+    return path

@@ -2,15 +2,20 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
+import re
 import subprocess
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def default_device() -> str:
@@ -96,3 +101,22 @@ def git_sha() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+TEMP_RE = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")  # atomic_write_bytes' mkstemp names
+
+
+def remove_stale_temps(folder: str | os.PathLike, names: Iterable[str] | None = None) -> list[Path]:
+    """Delete the temp files atomic_write_bytes left in `folder` when a writer was killed (kill -9):
+    those of the files `names`, or all when None. Call it only while holding the folder's outputs
+    (ddnb.locks), so no live writer's temp file is taken."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    wanted = None if names is None else set(names)
+    removed = [p for p in folder.iterdir()
+               if (m := TEMP_RE.match(p.name)) and (wanted is None or m.group("name") in wanted) and p.is_file()]
+    for path in removed:
+        path.unlink(missing_ok=True)
+        log.info("removed %s, left by a write that was interrupted", path)
+    return removed

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
-from ddnb import __version__, cli
+from ddnb import __version__, cli, locks
 from ddnb.cli import main, parse_settings, parse_value
 from ddnb.data import load_dataset
 from ddnb.synset import SyntheticSet
@@ -177,6 +180,18 @@ def test_run_notebook_that_fails_exits_1(capsys, tmp_path):
     assert record["status"] == "failed" and record["params"]["value"] == 2
 
 
+def test_run_into_a_used_folder_needs_overwrite(capsys, tmp_path):
+    nb = tiny_notebook(tmp_path / "tiny.ipynb")
+    out = tmp_path / "good"
+    assert run_main(capsys, "run", str(nb), "--out", str(out), "--quiet")[0] == 0
+    record = (out / "results.json").read_text()
+    code, _, err = run_main(capsys, "run", str(nb), "-p", "value", "2", "--out", str(out), "--quiet")
+    assert_one_line_error(code, err, str(out), "not empty", "--overwrite")
+    assert (out / "results.json").read_text() == record  # the good run is kept
+    code, _, err = run_main(capsys, "run", str(nb), "-p", "value", "2", "--out", str(out), "--quiet", "--overwrite")
+    assert code == 1 and json.loads((out / "results.json").read_text())["status"] == "failed"
+
+
 def test_methods_lists_the_selectors(capsys):
     code, out, _ = run_main(capsys, "methods", "--json")
     rows = {r["name"]: r for r in json.loads(out)}
@@ -215,3 +230,80 @@ def test_module_entry_point_in_a_subprocess():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().startswith("ddnb: error: ") and len(done.stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ outputs under faults
+
+def _distill_argv(out, seed: int = 0, *extra: str) -> list[str]:
+    """argv of a quick `ddnb distill dm` run on digits writing the set `out`."""
+    return ["distill", "dm", "--dataset", "digits", "--ipc", "2", "--budget", "smoke", "--seed", str(seed),
+            "--out", str(out), "--device", "cpu", *extra]
+
+
+def _ddnb_process(argv: list[str], cwd) -> subprocess.Popen:
+    """`python -m ddnb ARGV` in a real process of its own (stdout and stderr piped as text)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "ddnb", *argv], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_two_distill_runs_on_one_out_the_second_is_refused(tmp_path):
+    out = tmp_path / "c" / "same.safetensors"
+    procs = {seed: _ddnb_process(_distill_argv(out, seed, "--set", f"lr_img={lr}"), tmp_path)
+             for seed, lr in ((0, 1.0), (1, 0.5))}  # started together, as in the issue
+    results = [(p.pid, p.wait(timeout=300), *p.communicate()) for p in procs.values()]
+    winners = [r for r in results if r[1] == 0]
+    losers = [r for r in results if r[1] != 0]
+    assert len(winners) == 1 and len(losers) == 1, [(r[1], r[3][-300:]) for r in results]
+    pid, code, _, err = losers[0]
+    lines = [line for line in err.splitlines() if line.startswith("ddnb: ")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err
+    assert f"same.safetensors is in use by another ddnb run (pid {winners[0][0]} " in lines[0]
+    winner_seed = next(seed for seed, p in procs.items() if p.pid == winners[0][0])
+    assert SyntheticSet.load(out).provenance["seed"] == winner_seed  # the winner's set, whole
+    assert len(json.loads(out.with_suffix(".history.json").read_text())["loss"]) == 20
+    assert not list(out.parent.glob(".*.lock"))  # released at exit
+
+
+def test_lock_dies_with_a_killed_run(tmp_path):
+    out = tmp_path / "k.safetensors"
+    proc = _ddnb_process(_distill_argv(out, 0, "--set", "iterations=100000"), tmp_path)
+    lock = tmp_path / ".k.safetensors.lock"
+    deadline = time.time() + 120
+    while not (lock.is_file() and lock.read_text().startswith("pid")) and time.time() < deadline:
+        time.sleep(0.1)
+    assert lock.read_text().startswith(f"pid {proc.pid} ")
+    proc.kill()  # kill -9: the OS drops the lock; the file stays behind, harmless
+    proc.wait(timeout=60)
+    with locks.output_lock(out):  # taken at once: nothing stale
+        assert lock.read_text().startswith(f"pid {os.getpid()} ")
+    with locks.output_lock(out), pytest.raises(locks.OutputInUse, match=rf"pid {os.getpid()} "):
+        with locks.output_lock(out):
+            pass
+
+
+def test_distill_refuses_to_replace_a_file_that_is_not_a_set(capsys, tmp_path):
+    out = tmp_path / "notes.txt"
+    out.write_text("my notes\n")
+    code, _, err = run_main(capsys, *_distill_argv(out, 0, "--set", "iterations=2"))
+    assert_one_line_error(code, err, str(out), "not a ddnb set", "--overwrite")
+    assert out.read_text() == "my notes\n" and not (tmp_path / "notes.checkpoints").exists()
+    assert run_main(capsys, *_distill_argv(out, 0, "--set", "iterations=2", "--overwrite"))[0] == 0
+    assert SyntheticSet.load(out).n_stored == 20
+    other = tmp_path / "other.safetensors"
+    assert run_main(capsys, *_distill_argv(other, 0, "--set", "iterations=1"))[0] == 0
+    code, _, err = run_main(capsys, *_distill_argv(out, 0, "--set", "iterations=2", "--resume"))
+    assert code == 0  # a ddnb set is replaced by the run that made it (or a new one) without --overwrite
+
+
+def test_distill_removes_temp_files_an_interrupted_run_left(capsys, tmp_path):
+    out = tmp_path / "t.safetensors"
+    folder = tmp_path / "t.checkpoints"
+    folder.mkdir()
+    left = [folder / ".history.json.k9abcdef.tmp", folder / ".ckpt_00000002.pt.zz_12345.tmp",
+            tmp_path / ".t.safetensors.a1b2c3d4.tmp", tmp_path / ".t.history.json.q1w2e3r4.tmp"]
+    others = [tmp_path / ".u.safetensors.a1b2c3d4.tmp", tmp_path / "keep.tmp"]  # another output's, not ours
+    for path in left + others:
+        path.write_bytes(b"partial")
+    assert run_main(capsys, *_distill_argv(out, 0, "--set", "iterations=2"))[0] == 0
+    assert not any(p.exists() for p in left) and all(p.exists() for p in others)

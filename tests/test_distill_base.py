@@ -10,7 +10,7 @@ from ddnb.methods.base import (History, RunOptions, build_synset, init_synthetic
                                real_init_indices, run_loop, seed_iteration)
 
 
-def _toy_run(n_iters: int, out_dir=None, resume: bool = False, seed: int = 3, **kw):
+def _toy_run(n_iters: int, out_dir=None, resume: bool = False, seed: int = 3, identity=None, **kw):
     """A tiny 'distillation': SGD+momentum on images toward random targets drawn per iteration."""
     images = torch.zeros(4, 1, 3, 3, requires_grad=True)
     opt = torch.optim.SGD([images], lr=0.3, momentum=0.5)
@@ -27,7 +27,7 @@ def _toy_run(n_iters: int, out_dir=None, resume: bool = False, seed: int = 3, **
         return loss.item()
 
     hist = run_loop(step, state, method="toy", settings={"seed": seed}, n_iters=n_iters,
-                    run=RunOptions(out_dir=out_dir, resume=resume, progress=False, **kw))
+                    run=RunOptions(out_dir=out_dir, resume=resume, progress=False, **kw), identity=identity)
     return images, hist
 
 
@@ -161,3 +161,110 @@ def test_malloc_tuning_respects_environment(env, expected):
     out = subprocess.run([sys.executable, "-c", "import ddnb.alloc as a; print(sorted(a.tune_malloc()))"],
                          env={**clean, **env}, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == str(expected)
+
+
+# ---------------------------------------------------------------- checkpoints under faults
+
+def _damage(path, how: str, images) -> None:
+    """Damage a checkpoint file: flip one byte of its images, truncate it to half, or empty it."""
+    data = bytearray(path.read_bytes())
+    if how == "flip":
+        at = bytes(data).index(images.detach().numpy().tobytes()) + 5  # inside the stored images
+        data[at] ^= 0x40
+    elif how == "truncate":
+        data = data[:len(data) // 2]
+    else:
+        data = bytearray()
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how, why", [("flip", "checksum"), ("truncate", "truncated"), ("empty", "empty")])
+def test_damaged_newest_checkpoint_is_skipped_and_named(tmp_path, caplog, how, why):
+    full, _ = _toy_run(6)
+    images, _ = _toy_run(4, out_dir=tmp_path, checkpoint_every=2)  # ckpt 2 and 4; 'crash' after 4
+    _damage(tmp_path / "ckpt_00000004.pt", how, images)
+    with caplog.at_level("WARNING", logger="ddnb.methods.base"):
+        resumed, hist = _toy_run(6, out_dir=tmp_path, resume=True, checkpoint_every=2)
+    assert torch.equal(full, resumed)  # resumed from ckpt 2, not from the damaged ckpt 4
+    skipped = [r.getMessage() for r in caplog.records if "ckpt_00000004.pt" in r.getMessage()]
+    assert len(skipped) == 1 and why in skipped[0] and "ckpt_00000002.pt" in skipped[0]
+    assert "\n" not in skipped[0] and len(hist.loss) == 6
+
+
+def test_flipped_byte_fails_load_checkpoint(tmp_path):
+    images, _ = _toy_run(2, out_dir=tmp_path, checkpoint_every=2)
+    path = tmp_path / "ckpt_00000002.pt"
+    _damage(path, "flip", images)
+    with pytest.raises(ValueError, match=r"ckpt_00000002\.pt fails its checksum"):
+        load_checkpoint(path)
+
+
+def test_no_intact_checkpoint_is_a_one_line_error_naming_each(tmp_path):
+    images, _ = _toy_run(4, out_dir=tmp_path, checkpoint_every=2)
+    _damage(tmp_path / "ckpt_00000004.pt", "empty", images)
+    _damage(tmp_path / "ckpt_00000002.pt", "truncate", images)
+    with pytest.raises(ValueError, match=r"no intact checkpoint.*ckpt_00000004\.pt is empty.*ckpt_00000002\.pt is "
+                                         r"truncated") as info:
+        _toy_run(6, out_dir=tmp_path, resume=True)
+    assert "\n" not in str(info.value)
+
+
+_IDENTITY = {"dataset": "digits", "ipc": 2, "seed": 0, "budget": "smoke"}
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"seed": 7}, "seed (checkpoint 0, this run 7)"),
+    ({"ipc": 3, "dataset": "fashion_mnist"}, "dataset ('digits' in the checkpoint"),
+    ({"budget": "cpu"}, "budget"),
+])
+def test_resume_with_another_identity_names_the_keys(tmp_path, change, named):
+    _toy_run(2, out_dir=tmp_path, identity=_IDENTITY)
+    with pytest.raises(ValueError, match="cannot resume") as info:
+        _toy_run(4, out_dir=tmp_path, resume=True, identity={**_IDENTITY, **change})
+    assert all(key in str(info.value) for key in change) and named.split(" (")[0] in str(info.value)
+    resumed, hist = _toy_run(4, out_dir=tmp_path, resume=True, identity=dict(_IDENTITY))  # same identity: fine
+    assert len(hist.loss) == 4
+
+
+def test_resume_names_a_differing_setting_and_a_state_shape(tmp_path):
+    _toy_run(2, out_dir=tmp_path, seed=3)
+    with pytest.raises(ValueError, match=r"cannot resume.*settings\.seed \(checkpoint 3, this run 4\)"):
+        _toy_run(4, out_dir=tmp_path, resume=True, seed=4)
+    state = {"images": torch.zeros(5, 1, 3, 3), "opt": torch.optim.SGD([torch.zeros(1, requires_grad=True)]),
+             "lr": torch.tensor(0.3)}
+    with pytest.raises(ValueError, match=r"state\['images'\] has shape \(4, 1, 3, 3\) in .*ckpt_00000002\.pt "
+                                         r"but \(5, 1, 3, 3\) in this run"):
+        run_loop(lambda it: 0.0, state, method="toy", settings={"seed": 3}, n_iters=4,
+                 run=RunOptions(out_dir=tmp_path, resume=True, progress=False))
+
+
+class _RunsCode:
+    """A pickled object whose unpickling would create the file `marker` (a code-executing reduce)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_checkpoint_holding_code_is_refused_in_one_line(tmp_path):
+    import io
+
+    from ddnb.methods import base
+
+    _toy_run(2, out_dir=tmp_path, checkpoint_every=2)
+    marker = tmp_path / "pwned"
+    buf = io.BytesIO()
+    torch.save({"format": base.CHECKPOINT_FORMAT, "iteration": 2, "state": {"x": _RunsCode(marker)}}, buf)
+    path = tmp_path / "ckpt_00000002.pt"
+    path.write_bytes(base._frame_checkpoint(buf.getvalue()))  # a valid checksum: only the content is hostile
+    with pytest.raises(ValueError) as info:
+        _toy_run(4, out_dir=tmp_path, resume=True)
+    msg = str(info.value)
+    assert "ckpt_00000002.pt holds code or objects that are not plain tensors and was not loaded" in msg
+    assert "\n" not in msg and "weights_only" not in msg and not marker.exists()
+    path.write_bytes(buf.getvalue())  # the same content as a bare torch.save file (format 1): not even unpickled
+    with pytest.raises(ValueError, match=r"ckpt_00000002\.pt is a checkpoint of an older ddnb"):
+        _toy_run(4, out_dir=tmp_path, resume=True)
+    assert not marker.exists()

@@ -179,16 +179,16 @@ def test_run_notebook_that_dies_before_writing_results(tmp_path):
                    "from pathlib import Path\n(Path(output_dir) / 'partial.txt').write_text(str(x))",
                    "raise RuntimeError(f'broken at x={x}')")
     out = tmp_path / "out"
-    out.mkdir()
-    _write_ok(out)  # a stale record of an earlier run must not survive as this run's
-    (out / "stale.txt").write_text("old")
-    res = runs.run_notebook(nb, {"x": 7}, out)
+    _write_ok(out)  # an earlier run: overwrite replaces it, so its record and figure do not survive as this run's
+    (out / ".fig.png.k9abcdef.tmp").write_bytes(b"partial")  # left by a killed atomic write: removed too
+    res = runs.run_notebook(nb, {"x": 7}, out, overwrite=True)
     assert res["status"] == "failed"
     assert "RuntimeError: broken at x=7" in res["error"]
     assert res["params"] == {"output_dir": str(out.resolve()), "x": 7}
     assert res["metrics"] == {} and res["findings"] == []
     assert sorted(res["artifacts"]) == ["dies.ipynb", "partial.txt"]
     assert (out / "partial.txt").read_text() == "7"
+    assert sorted(p.name for p in out.iterdir()) == ["dies.ipynb", "partial.txt", "results.json"]
     assert runs.read_results(out) == res
     executed = nbformat.read(str(out / "dies.ipynb"), as_version=4)
     assert any(o.get("ename") == "RuntimeError" for c in executed.cells if c.cell_type == "code" for o in c.outputs)
@@ -205,3 +205,30 @@ def test_run_notebook_that_dies_after_writing_results_keeps_them(tmp_path):
     assert res["notebook"] == "late" and res["params"] == {"x": 1}
     assert res["metrics"] == {"acc": 12.5} and res["findings"][0]["holds"] is True
     assert res["artifacts"] == ["late.ipynb"]
+
+
+def test_failed_run_into_a_good_run_folder_keeps_it(tmp_path):
+    nb = _notebook(tmp_path / "dies.ipynb", "raise RuntimeError('broken')")
+    out = tmp_path / "out"
+    _write_ok(out)
+    record = (out / "results.json").read_bytes()
+    with pytest.raises(ValueError, match=r"output folder .*out' is not empty \(holds fig\.png, results\.json\); "
+                                         r"pass overwrite=True \(ddnb run --overwrite\)"):
+        runs.run_notebook(nb, {}, out)
+    assert (out / "results.json").read_bytes() == record and sorted(p.name for p in out.iterdir()) == [
+        "fig.png", "results.json"]
+
+
+def test_overwrite_replaces_only_a_run_folder(tmp_path):
+    nb = _notebook(tmp_path / "ok.ipynb", "from ddnb.runs import write_results\n"
+                   "write_results(output_dir, 'ok', {'x': x}, {}, [])")
+    out = tmp_path / "out"
+    _write_ok(out)
+    (out / "thesis.tex").write_text("mine")  # not listed by the earlier run's results.json
+    with pytest.raises(ValueError, match=r"holds files no results\.json of an earlier run lists \(thesis\.tex\)"):
+        runs.run_notebook(nb, {}, out, overwrite=True)
+    assert (out / "thesis.tex").read_text() == "mine" and (out / "fig.png").is_file()
+    (out / "thesis.tex").unlink()
+    res = runs.run_notebook(nb, {"x": 2}, out, overwrite=True)
+    assert res["status"] == "ok" and res["params"]["x"] == 2
+    assert sorted(p.name for p in out.iterdir()) == sorted([*res["artifacts"], "results.json"])

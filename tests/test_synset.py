@@ -138,3 +138,34 @@ def test_metadata_is_plain_json_in_the_safetensors_header(tmp_path):
     meta = json.loads(header["__metadata__"]["ddnb_meta"])
     assert header["__metadata__"]["ddnb_kind"] == "ddnb.SyntheticSet"
     assert meta["dataset"] == "digits" and meta["provenance"]["method"] == "test"
+
+
+def _flip_in_header(path, needle: bytes) -> None:
+    """Flip the lowest bit of the last byte of `needle` inside the file's JSON header (length unchanged)."""
+    data = bytearray(path.read_bytes())
+    at = data.index(needle) + len(needle) - 1
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_flipped_metadata_bit_fails_the_checksum(tmp_path):
+    path = _hard_set(k=10).save(tmp_path / "set.safetensors")
+    _flip_in_header(path, b'num_classes\\": 10')  # 10 -> 11 by one bit: still a valid set
+    with pytest.raises(ValueError, match=r"set\.safetensors is corrupted.*checksum"):
+        SyntheticSet.load(path)
+
+
+def test_old_format_set_loads_with_a_warning(tmp_path):
+    from ddnb import synset as sm
+
+    s = _hard_set()
+    meta = {"dataset": s.dataset, "num_classes": s.num_classes, "image_shape": list(s.image_shape),
+            "factor": s.factor, "label_kind": s.label_kind, "provenance": s.provenance}
+    tensors = {"images": s.images, "labels": s.labels}
+    header = {"ddnb_kind": sm.FILE_KIND, "ddnb_format_version": "1", "ddnb_meta": json.dumps(meta),
+              "sha256": sm._tensor_digest(tensors)}  # format 1: the checksum covers the tensors only
+    path = tmp_path / "old.safetensors"
+    path.write_bytes(safetensors.torch.save(tensors, metadata=header))
+    with pytest.warns(UserWarning, match=r"old\.safetensors.*format 1.*metadata"):
+        back = SyntheticSet.load(path)
+    assert back.images.equal(s.images) and back.num_classes == 3

@@ -185,5 +185,6 @@ def distill_dance(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str
 
     evaluate = in_loop_eval(current, data, dev, arch=s["arch"], seeds=s["eval_seeds"], dsa=strategy is not None)
     history = run_loop(step, {"images": images, "optimizer": opt}, method="dance", settings=s,
-                       n_iters=s["iterations"], run=run, eval_fn=evaluate)
+                       n_iters=s["iterations"], run=run, eval_fn=evaluate,
+                       identity=dict(dataset=data.name, ipc=ipc, seed=seed, budget=budget))
     return current(), history

@@ -172,7 +172,8 @@ def _gradient_matching(name: str, dataset: Any, ipc: int, *, seed: int, device: 
                             factor=s["factor"])
 
     evaluate = in_loop_eval(current, data, dev, arch=s["arch"], seeds=s["eval_seeds"], dsa=strategy or False)
-    history = run_loop(step, state, method=name, settings=s, n_iters=s["iterations"], run=run, eval_fn=evaluate)
+    history = run_loop(step, state, method=name, settings=s, n_iters=s["iterations"], run=run, eval_fn=evaluate,
+                       identity=dict(dataset=data.name, ipc=ipc, seed=seed, budget=budget))
     return current(), history
 
 

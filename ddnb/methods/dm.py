@@ -202,5 +202,6 @@ def distill_dm(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, s
                             factor=s["factor"])
 
     evaluate = in_loop_eval(current, data, dev, arch=s["arch"], seeds=s["eval_seeds"], dsa=strategy is not None)
-    history = run_loop(step, state, method="dm", settings=s, n_iters=s["iterations"], run=run, eval_fn=evaluate)
+    history = run_loop(step, state, method="dm", settings=s, n_iters=s["iterations"], run=run, eval_fn=evaluate,
+                       identity=dict(dataset=data.name, ipc=ipc, seed=seed, budget=budget))
     return current(), history

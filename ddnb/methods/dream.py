@@ -262,7 +262,8 @@ def _distill(name: str, dataset: Any, ipc: int, *, seed: int, device: Any, budge
                             factor=s["factor"], metric=metric, lr_img=lr_img)
 
     evaluate = in_loop_eval(current, data, dev, seeds=s["eval_seeds"], epochs=s["eval_epochs"], **eval_settings(s))
-    history = run_loop(step, state, method=name, settings=s, n_iters=s["iterations"], run=run, eval_fn=evaluate)
+    history = run_loop(step, state, method=name, settings=s, n_iters=s["iterations"], run=run, eval_fn=evaluate,
+                       identity=dict(dataset=data.name, ipc=ipc, seed=seed, budget=budget))
     return current(), history
 
 

@@ -295,7 +295,8 @@ def _trajectory_matching(name: str, dataset: Any, ipc: int, *, seed: int, device
     kind = "soft_logits" if datm else "hard"
     evaluate = in_loop_eval(lambda st: _result(images, labels, data, s, name, seed, budget, st, kind), data, dev,
                             arch=s["arch"], seeds=s["eval_seeds"], dsa=bool(s["dsa_strategy"]))
-    history = run_loop(step, state, method=name, settings=s, n_iters=s["iterations"], run=run, eval_fn=evaluate)
+    history = run_loop(step, state, method=name, settings=s, n_iters=s["iterations"], run=run, eval_fn=evaluate,
+                       identity=dict(dataset=data.name, ipc=ipc, seed=seed, budget=budget))
     return _result(images, labels, data, s, name, seed, budget, state, kind), history
 
 
