@@ -307,3 +307,9 @@ def test_distill_removes_temp_files_an_interrupted_run_left(capsys, tmp_path):
         path.write_bytes(b"partial")
     assert run_main(capsys, *_distill_argv(out, 0, "--set", "iterations=2"))[0] == 0
     assert not any(p.exists() for p in left) and all(p.exists() for p in others)
+
+
+def test_a_closed_pipe_ends_quietly():
+    # `ddnb methods | head -1`: the reader leaves early; no BrokenPipeError traceback on stderr
+    proc = subprocess.run(f"{sys.executable} -m ddnb methods | head -1", shell=True, capture_output=True, text=True)
+    assert proc.stdout.count("\n") == 1 and "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
