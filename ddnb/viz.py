@@ -55,21 +55,22 @@ def to_display(images: torch.Tensor, dataset: Any = None, mean: Sequence[float] 
 
 
 def mosaic(tiles: Sequence[np.ndarray | None], ncols: int, pad: int = 1) -> np.ndarray:
-    """Tile (H,W,C) images in [0,1] row by row into one RGBA picture; None tiles and the `pad`
-    pixels between tiles are transparent (alpha 0), so the figure background shows through."""
+    """Tile (H,W,C) images in [0,1] row by row into one RGBA picture (torchvision's make_grid); None tiles
+    and the `pad` pixels between tiles are transparent (alpha 0), so the figure background shows through."""
     if not tiles or all(t is None for t in tiles):
         raise ValueError("mosaic needs at least one image")
+    from torchvision.utils import make_grid
+
     h, w, _ = next(t for t in tiles if t is not None).shape
-    nrows = math.ceil(len(tiles) / ncols)
-    out = np.zeros((nrows * (h + pad) - pad, ncols * (w + pad) - pad, 4), dtype=np.float32)
+    rgba = torch.zeros(max(len(tiles), ncols), 4, h, w)  # a short row keeps its ncols places
     for i, tile in enumerate(tiles):
-        if tile is None:
-            continue
-        r, c = divmod(i, ncols)
-        y, x = r * (h + pad), c * (w + pad)
-        out[y:y + h, x:x + w, :3] = tile if tile.shape[-1] == 3 else tile[..., :1]
-        out[y:y + h, x:x + w, 3] = 1.0
-    return out
+        if tile is not None:
+            rgba[i, :3] = torch.as_tensor(tile if tile.shape[-1] == 3 else tile[..., :1]).permute(2, 0, 1)
+            rgba[i, 3] = 1.0
+    grid = make_grid(rgba, nrow=ncols, padding=pad, pad_value=0.0)
+    if len(rgba) > 1:  # make_grid also pads the outer border (a single image it returns as is): cut it off
+        grid = grid[:, pad:grid.shape[1] - pad, pad:grid.shape[2] - pad]
+    return grid.permute(1, 2, 0).numpy()
 
 
 def show_images(images: torch.Tensor, labels: torch.Tensor | Sequence[int] | None = None, dataset: Any = None, *,
