@@ -72,13 +72,6 @@ _VARIANTS = {
 }
 BUDGETS = {name: {b: {**_COMMON, **scale, **variant} for b, scale in _SCALE.items()}
            for name, variant in _VARIANTS.items()}
-# Notebook 03's measurements per budget: in-loop evaluations per run (accuracy curves), steps and
-# real images per class of the sampler trace (Fig. 2b, 1a/5, 8). The distillations use BUDGETS.
-ANALYSIS: dict[str, dict[str, int]] = {
-    "smoke": dict(curve_points=2, trace_steps=6, trace_pool=64),
-    "cpu": dict(curve_points=4, trace_steps=12, trace_pool=1000),
-    "paper": dict(curve_points=12, trace_steps=100, trace_pool=1000),
-}
 
 
 # ---------------------------------------------------------------- settings
