@@ -9,7 +9,7 @@ A sampler is a plain object any matching loop can use:
 
 `step` is a monotone counter of matching steps (e.g. iteration * inner_loops + inner step); the
 DREAM sampler re-clusters class c when `step // interval` changes. Samplers carry
-`state_dict()` / `load_state_dict()`, so `ddnb.methods.base.run_loop` checkpoints them and a
+`state_dict()` / `load_state_dict()`, so `ddnb.methods.loop.run_loop` checkpoints them and a
 resumed run reuses the same selection. Same seed, same model, same device -> same batches.
 
 k-means (random seeding as DREAM's code, then Lloyd) runs in torch on the distillation device

@@ -42,7 +42,7 @@ def register(name: str, kind: str, budgets: dict[str, dict[str, Any]] | None = N
     """Decorator: put an entry point in the registry under `name`.
 
     A distill entry point is `fn(dataset, ipc, *, seed, device, budget, settings, run)` (`run`: a
-    `ddnb.methods.base.RunOptions`); every setting of every budget needs a spec.
+    `ddnb.methods.loop.RunOptions`); every setting of every budget needs a spec.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -114,7 +114,7 @@ def distill(method: str, dataset: Any, ipc: int, budget: str = "cpu", seed: int 
     `overrides` are the method's settings plus the options of the run (`RunOptions` fields: out_dir,
     resume, progress, checkpoint_every, eval_every, callback).
     """
-    from ddnb.methods.base import RunOptions
+    from ddnb.methods.loop import RunOptions
 
     info = get_method(method, "distill")
     options = set(RunOptions.__dataclass_fields__)

@@ -32,9 +32,9 @@ from torch import Tensor, nn
 
 from ddnb.augment import dsa
 from ddnb.methods import register
-from ddnb.methods.base import (History, RunOptions, build_synset, check_ipc, class_images, encode_per_class,
-                               in_loop_eval, init_synthetic, pixel_bounds, run_loop, seed_iteration, subsample,
-                               variant_entry)
+from ddnb.methods.base import (build_synset, check_ipc, class_images, encode_per_class, in_loop_eval, init_synthetic,
+                               pixel_bounds, subsample, variant_entry)
+from ddnb.methods.loop import History, RunOptions, run_loop, seed_iteration
 from ddnb.models import get_model
 from ddnb.sampling import SAMPLER_SPEC, make_sampler, representatives
 from ddnb.settings import Choice, Float, Int, Positive, Strategy, Text
