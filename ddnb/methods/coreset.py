@@ -82,9 +82,10 @@ def feature_model(dataset: Any, arch: str = "convnet3", seed: int = 0) -> nn.Mod
         return get_model(arch, dataset.channels, dataset.num_classes, dataset.image_size)
 
 
-def _select_by_features(dataset: Any, ipc: int, seed: int, device: Any, arch: str, model: nn.Module | None,
-                        batch_size: int, pick: Callable[[Tensor, int], Tensor]) -> Tensor:
-    """Per class, embed the class's images and let `pick` choose `ipc` of them; global indices."""
+def _select_by_features(name: str, dataset: Any, ipc: int, seed: int, device: Any, arch: str,
+                        model: nn.Module | None, batch_size: int, pick: Callable[[Tensor, int], Tensor]
+                        ) -> tuple[SyntheticSet, Tensor]:
+    """Per class, embed the class's images and let `pick` choose `ipc` of them: the set and its global indices."""
     per_class = check_ipc(dataset, ipc)
     dev = resolve_device(device)
     net = (model if model is not None else feature_model(dataset, arch, seed)).to(dev)
@@ -92,7 +93,9 @@ def _select_by_features(dataset: Any, ipc: int, seed: int, device: Any, arch: st
     for idx in per_class:
         feats = embed_images(net, dataset.x_train[idx.to(dataset.x_train.device)], batch_size).cpu()
         chosen.append(idx[pick(feats, ipc)])
-    return torch.cat(chosen)
+    indices = torch.cat(chosen)
+    feats_from = "given model" if model is not None else f"random-init {arch} (seed {seed})"
+    return SyntheticSet.from_real(dataset, indices, name, seed=seed, ipc=ipc, features=feats_from), indices
 
 
 @register("random", "select", paper=_PAPER)
@@ -112,15 +115,11 @@ def random_real(dataset: Any, ipc: int, seed: int = 0, device: Any = None,
 def herding(dataset: Any, ipc: int, seed: int = 0, device: Any = None, arch: str = "convnet3",
             model: nn.Module | None = None, batch_size: int = 512) -> tuple[SyntheticSet, Tensor]:
     """Herding per class in feature space (`model.embed`, default: a seeded random `arch`)."""
-    indices = _select_by_features(dataset, ipc, seed, device, arch, model, batch_size, herding_indices)
-    feats = "given model" if model is not None else f"random-init {arch} (seed {seed})"
-    return SyntheticSet.from_real(dataset, indices, "herding", seed=seed, ipc=ipc, features=feats), indices
+    return _select_by_features("herding", dataset, ipc, seed, device, arch, model, batch_size, herding_indices)
 
 
 @register("kcenter", "select", paper=_PAPER)
 def kcenter(dataset: Any, ipc: int, seed: int = 0, device: Any = None, arch: str = "convnet3",
             model: nn.Module | None = None, batch_size: int = 512) -> tuple[SyntheticSet, Tensor]:
     """Greedy k-center per class in feature space, first centre nearest the class mean."""
-    indices = _select_by_features(dataset, ipc, seed, device, arch, model, batch_size, kcenter_indices)
-    feats = "given model" if model is not None else f"random-init {arch} (seed {seed})"
-    return SyntheticSet.from_real(dataset, indices, "kcenter", seed=seed, ipc=ipc, features=feats), indices
+    return _select_by_features("kcenter", dataset, ipc, seed, device, arch, model, batch_size, kcenter_indices)
