@@ -109,6 +109,10 @@ class SyntheticSet:
             raise ValueError(f"factor must be a positive int (1 = no IDC factoring), got {self.factor!r}")
         if not isinstance(self.provenance, dict):
             raise ValueError(f"provenance must be a dict, got {type(self.provenance).__name__}")
+        protocol = self.provenance.get("eval_protocol")
+        if protocol is not None and not (isinstance(protocol, dict) and isinstance(protocol.get("name"), str)):
+            raise ValueError(f"provenance['eval_protocol'] must be None or a dict with a protocol 'name' "
+                             f"(see ddnb.train.protocol_record), got {protocol!r}")
 
     def _check_images(self) -> None:
         """Images are a float (N,C,h,w) tensor that fits image_shape and factor."""
@@ -152,6 +156,11 @@ class SyntheticSet:
     def is_soft(self) -> bool:
         """True for soft labels (probabilities or logits)."""
         return self.label_kind != "hard"
+
+    @property
+    def eval_protocol(self) -> dict[str, Any] | None:
+        """The evaluation protocol the set should be evaluated with (name + settings; ddnb.train.protocol_record), or None."""
+        return self.provenance.get("eval_protocol")
 
     @property
     def n_stored(self) -> int:
