@@ -30,7 +30,7 @@ augmentation off.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -40,7 +40,7 @@ from ddnb.experts import Trajectory, load_params, train_experts
 from ddnb.matching import calibration_loss
 from ddnb.methods import register
 from ddnb.methods.base import (History, RunOptions, build_synset, in_loop_eval, init_synthetic, pixel_bounds,
-                               real_subset, run_loop, seed_iteration, subsample)
+                               pixel_unit_hook, real_subset, run_loop, seed_iteration, subsample)
 from ddnb.methods.dm import (ReinitNet, class_seeds, dm_loss, real_class_means, sample_real, syn_by_class,
                              syn_class_means)
 from ddnb.settings import Bool, Choice, Float, Int, Positive, Strategy, Text
@@ -98,12 +98,6 @@ def sample_syn(images: Tensor, ipc: int, num_classes: int, factor: int, image_si
 def _augment_all(syn: list[Tensor], seeds: list[int], strategy: str | None) -> Tensor:
     """The synthetic images of all classes, each class augmented with its own DSA seed, concatenated."""
     return torch.cat([dsa(s, strategy, seed=seeds[c]) if strategy else s for c, s in enumerate(syn)])
-
-
-def pixel_unit_hook(dataset: Any, device: torch.device) -> Callable[[Tensor], Tensor]:
-    """Gradient hook that turns an SGD step in normalized space into the reference's step in [0, 1] units."""
-    std2 = torch.tensor(dataset.std, device=device).view(1, -1, 1, 1) ** 2
-    return lambda grad: grad / std2
 
 
 # ---------------------------------------------------------------- experts
