@@ -301,6 +301,62 @@ def test_registered_variants_and_bad_settings():
         ddnb.distill("idc", data, 1, budget="smoke", device="cpu", metric="l2")
 
 
+def test_budgets_follow_the_official_code():
+    from ddnb.methods.dream import BUDGETS
+
+    for budget in ("smoke", "cpu", "paper"):  # only DREAM+ warms its network up before matching
+        assert BUDGETS["idc"][budget]["warmup_data"] == 0 and BUDGETS["dream"][budget]["warmup_data"] == 0
+        assert BUDGETS["dream+"][budget]["warmup_data"] != 0
+        assert BUDGETS["idc"][budget]["net_batch"] == 64  # IDC's loader batch; DREAM's is 128
+        assert BUDGETS["dream"][budget]["net_batch"] == BUDGETS["dream+"][budget]["net_batch"] == 128
+        assert all(BUDGETS[v][budget]["eval_protocol"] == "idc" for v in BUDGETS)
+    assert BUDGETS["dream+"]["paper"]["warmup_data"] is None  # one epoch of the whole training set
+    assert BUDGETS["dream"]["paper"]["eval_epochs"] == 1000 and BUDGETS["dream"]["cpu"]["eval_epochs"] == 300
+    assert BUDGETS["idc"]["paper"]["aug"] == "idc:color_crop_cutout"
+    with pytest.raises(ValueError, match="warmup_data"):
+        ddnb.distill("dream", ddnb.load_dataset("digits"), 1, budget="smoke", warmup_data=-1)
+
+
+def test_image_lr_size_scaling_uses_base_28_for_mnist_like_data():
+    from ddnb.methods.dream import resolve_lr_img
+
+    assert resolve_lr_img(None, "mae", 10, 28, "fashion_mnist") == pytest.approx(1e-4)  # (28/28)^2
+    assert resolve_lr_img(None, "mae", 20, 8, "digits") == pytest.approx(1e-4 * 2 * (8 / 28) ** 2)
+    assert resolve_lr_img(None, "mse", 10, 32, "cifar10") == pytest.approx(5e-3)  # (32/32)^2
+    assert resolve_lr_img(None, "mse", 1, 64, "tiny") == pytest.approx(5e-4 * 4)
+    assert resolve_lr_img(0.3, "mse", 1, 64, "tiny") == 0.3
+
+
+@pytest.mark.parametrize("variant, warmup, batch", [("idc", 0, 64), ("dream", 0, 128), ("dream+", 128, 128)])
+def test_loop_warms_up_only_dreamplus_steps_in_pixel_units_and_carries_idc_protocol(monkeypatch, variant, warmup,
+                                                                                    batch):
+    import ddnb.methods.dream as D
+
+    calls, hooks = [], []
+    real_train, real_hook = D.train_on_real, D.pixel_unit_hook
+    monkeypatch.setattr(D, "train_on_real", lambda net, opt, data, n, b, *a: calls.append((n, b)) or
+                        real_train(net, opt, data, n, b, *a))
+    monkeypatch.setattr(D, "pixel_unit_hook", lambda *a: hooks.append(a) or real_hook(*a))
+    data = ddnb.load_dataset("digits")
+    syn, _ = ddnb.distill(variant, data, 1, budget="smoke", seed=0, device="cpu", progress=False, iterations=1,
+                          init="real")
+    assert calls == [(warmup, batch), (64, batch)]  # warm-up (0: none), then the inner loop's net_data
+    assert len(hooks) == 1
+    assert syn.eval_protocol == {"name": "idc", "epochs": 4}
+
+
+def test_train_on_real_with_zero_images_trains_and_draws_nothing():
+    from ddnb.methods.dream import network_and_optimizer, train_on_real
+
+    data = ddnb.load_dataset("digits")
+    net, opt = network_and_optimizer("mlp", data, dict(lr_net=0.1, momentum_net=0.9, weight_decay_net=0.0), "cpu")
+    before = [p.detach().clone() for p in net.parameters()]
+    g = torch.Generator().manual_seed(0)
+    state = g.get_state()
+    train_on_real(net, opt, data, 0, 64, 0.5, g)
+    assert torch.equal(g.get_state(), state) and all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+
+
 # ---------------------------------------------------------------- analysis helpers (notebook 03)
 
 def test_per_sample_grad_norms_match_a_loop_of_autograd():
