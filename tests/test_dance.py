@@ -134,3 +134,14 @@ def test_registered_with_official_paper_budget():
     got = (p["iterations"], p["n_experts"], p["expert_epochs"], p["batch_real"], p["factor"], p["expert_lr"],
            p["expert_momentum"], p["expert_weight_decay"], p["lr_img_per_ipc"], p["momentum"], p["iter_calib"])
     assert got == (10_000, 5, 60, 128, 2, 0.01, 0.9, 5e-4, 0.01, 0.5, 1)
+    # the official pre-training (pretrain.py): batch 64, lr x0.2 at 2/3 and 5/6, CutMix 0.5, IDC augmentation
+    assert (p["expert_batch"], p["expert_schedule"], p["expert_cutmix_prob"]) == (64, "multistep", 0.5)
+    assert p["expert_dsa"] == "idc:color_crop" and p["dsa_strategy"] == "idc:color_crop_cutout"
+    assert (p["eval_protocol"], p["eval_epochs"]) == ("idc", 1500)  # 001 §4.1
+    kwargs = D.expert_kwargs(p)
+    assert (kwargs["schedule"], kwargs["cutmix_prob"], kwargs["batch_size"]) == ("multistep", 0.5, 64)
+
+
+def test_set_carries_the_idc_protocol(digits):
+    syn, _ = ddnb.distill("dance", digits, 1, budget="smoke", seed=0, progress=False, iterations=1)
+    assert syn.eval_protocol == {"name": "idc", "epochs": 4}
