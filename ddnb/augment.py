@@ -3,8 +3,11 @@
 DSA (Zhao & Bilen 2021, "Dataset Condensation with Differentiable Siamese Augmentation") follows
 `ParamDiffAug` / `DiffAugment` of the DC reference code (VICO-UoE/DatasetCondensation utils.py)
 with aug_mode "S": each call picks ONE piece of the strategy (e.g. "crop") and applies its
-functions ("color" = brightness, saturation, contrast). All ops are affine in the input pixels,
-so gradients flow to the images. Siamese mode (`seed` given) draws one parameter set from a
+functions ("color" = brightness, saturation, contrast). The IDC family's composition (prefix
+"idc:", e.g. "idc:color_crop_cutout"; IDC/DREAM/DANCE `DiffAug` with single_aug) applies flip,
+color and cutout, when the strategy names them, on EVERY call, plus ONE of the remaining pieces
+(crop, scale, rotate), in the reference's order flip, color, the one piece, cutout. All ops are
+affine in the input pixels, so gradients flow to the images. Siamese mode (`seed` given) draws one parameter set from a
 private generator, shared by every row, so a real and a synthetic batch of any sizes get the
 same transform and the global RNG is untouched. All index work uses gather / masks, so inputs
 in any memory format (channels_last included) work.
@@ -22,6 +25,8 @@ from ddnb.settings import Int, require
 
 DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 DSA_PIECES = ("color", "crop", "cutout", "flip", "scale", "rotate")
+IDC_PREFIX = "idc:"  # strategy prefix of the IDC composition (see the module docstring)
+IDC_ALWAYS = ("flip", "color")  # pieces the IDC composition applies on every call before the drawn one
 
 
 @dataclass(frozen=True)
@@ -42,19 +47,32 @@ DSA_PARAMS = DSAParams()
 
 
 def parse_strategy(strategy: str) -> list[str]:
-    """Split a DSA strategy string into pieces; ValueError for a piece that is not known."""
+    """Split a DSA strategy string (optionally "idc:"-prefixed) into pieces; ValueError for an unknown piece."""
     if not isinstance(strategy, str):
         raise ValueError(f"DSA strategy must be a string like {DSA_STRATEGY!r}, got {strategy!r}")
-    if strategy.lower() in ("", "none"):
+    body = strategy[len(IDC_PREFIX):] if is_idc(strategy) else strategy
+    if body.lower() in ("", "none"):
         return []
-    pieces = strategy.split("_")
+    pieces = body.split("_")
     for piece in pieces:
         if piece not in DSA_PIECES:
             raise ValueError(
                 f"unknown DSA piece {piece!r} in strategy {strategy!r}; allowed pieces: "
-                f"{', '.join(DSA_PIECES)} (joined by '_'), or 'none'"
+                f"{', '.join(DSA_PIECES)} (joined by '_', optionally after {IDC_PREFIX!r}), or 'none'"
             )
     return pieces
+
+
+def is_idc(strategy: str) -> bool:
+    """Whether a strategy string asks for the IDC composition (prefix "idc:")."""
+    return strategy.startswith(IDC_PREFIX)
+
+
+def idc_pieces(pieces: list[str], generator: torch.Generator | None) -> list[str]:
+    """The pieces one IDC-composition call applies, in order: flip, color, one drawn of the rest, cutout."""
+    rest = [p for p in pieces if p not in IDC_ALWAYS and p != "cutout"]
+    drawn = [rest[int(torch.randint(len(rest), (1,), generator=generator))]] if rest else []
+    return [p for p in IDC_ALWAYS if p in pieces] + drawn + (["cutout"] if "cutout" in pieces else [])
 
 
 def _uniform(n: int, generator: torch.Generator | None, x: torch.Tensor) -> torch.Tensor:
@@ -154,7 +172,8 @@ _PIECE_FNS = {
 
 
 def dsa(x: torch.Tensor, strategy: str = DSA_STRATEGY, seed: int | None = None) -> torch.Tensor:
-    """Differentiable siamese augmentation of a (N,C,H,W) batch: one strategy piece per call.
+    """Differentiable siamese augmentation of a (N,C,H,W) batch: one strategy piece per call (DSA), or
+    the IDC composition for an "idc:" strategy (flip, color, cutout every call, one of the rest).
 
     seed given: one parameter set for the whole batch drawn from a private CPU generator seeded
     with `seed`, so any two batches augmented with the same seed get the same op and parameters
@@ -169,9 +188,13 @@ def dsa(x: torch.Tensor, strategy: str = DSA_STRATEGY, seed: int | None = None) 
         return x
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     n = 1 if seed is not None else x.shape[0]
-    piece = pieces[int(torch.randint(len(pieces), (1,), generator=generator))]
-    for fn in _PIECE_FNS[piece]:
-        x = fn(x, n, generator, DSA_PARAMS)
+    if is_idc(strategy):
+        chosen = idc_pieces(pieces, generator)
+    else:
+        chosen = [pieces[int(torch.randint(len(pieces), (1,), generator=generator))]]
+    for piece in chosen:
+        for fn in _PIECE_FNS[piece]:
+            x = fn(x, n, generator, DSA_PARAMS)
     return x
 
 

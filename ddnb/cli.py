@@ -113,7 +113,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         _out(json.dumps({"file": str(args.file), "dataset": synset.dataset, **res.to_dict()}))
     else:
         per_seed = ", ".join(f"{a:.2f}" for a in res.per_seed)
-        _out(f"{args.file}: {res} test accuracy; per seed: {per_seed}")
+        used = res.protocol
+        _out(f"{args.file}: {res} test accuracy; per seed: {per_seed}; protocol {used['name']} "
+             f"({'carried by the set' if used['source'] == 'set' else used['source']}, {used['epochs']} epochs)")
     return 0
 
 
@@ -221,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=5, help="number of model seeds (default 5)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the protocol's)")
     p.add_argument("--dsa", action="store_true", help="train with DSA augmentation (default: the protocol's)")
-    p.add_argument("--protocol", default="dc", help="named evaluation protocol: dc, hl, sl, sl+kd (default dc)")
+    p.add_argument("--protocol", default=None,
+                   help="named evaluation protocol: dc, hl, sl, sl+kd, idc (default: the one the set carries, else dc)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_common(p)

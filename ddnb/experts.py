@@ -9,7 +9,8 @@ asking for more experts later reuses the ones already on disk, and an interrupte
 at the first missing expert.
 
 Defaults follow MTT `buffer.py` (lr_teacher 0.01, batch_train 256, mom 0, l2 0, 50 epochs, DSA on,
-no lr decay); DANCE's pre-training uses momentum 0.9 and weight decay 5e-4 (pass them).
+no lr decay); DANCE's pre-training uses momentum 0.9 and weight decay 5e-4, and officially lr x0.2 at
+2/3 and 5/6 of training (schedule "multistep") and CutMix with probability 0.5 (pass them).
 """
 from __future__ import annotations
 
@@ -71,16 +72,27 @@ def data_fingerprint(dataset: Dataset, n_samples: int = 256) -> dict[str, Any]:
 
 
 def expert_config(dataset: Dataset, arch: str, epochs: int, lr: float, momentum: float, weight_decay: float,
-                  batch_size: int, dsa: bool | str, seed: int, model_kw: dict[str, Any]) -> dict[str, Any]:
-    """Everything that determines expert i (besides i): the cache key is its hash."""
-    from ddnb import __version__
+                  batch_size: int, dsa: bool | str, seed: int, model_kw: dict[str, Any], schedule: str = "constant",
+                  cutmix_prob: float = 0.0) -> dict[str, Any]:
+    """Everything that determines expert i (besides i): the cache key is its hash.
 
-    return {
+    The multistep schedule's milestones and gamma, and CutMix, enter only when used, so the keys of
+    experts without them (MTT's) are the same as before they existed.
+    """
+    from ddnb import __version__
+    from ddnb.train import IDC_MILESTONES
+
+    config = {
         "data": data_fingerprint(dataset), "arch": arch, "model_kw": dict(sorted(model_kw.items())),
         "epochs": epochs, "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
-        "batch_size": batch_size, "dsa": dsa, "optimizer": "sgd", "schedule": "constant",
+        "batch_size": batch_size, "dsa": dsa, "optimizer": "sgd", "schedule": schedule,
         "seed": seed, "ddnb_version": __version__,
     }
+    if schedule == "multistep":
+        config.update(milestones=list(IDC_MILESTONES), gamma=0.2)
+    if cutmix_prob:
+        config.update(cutmix_prob=cutmix_prob, cutmix_alpha=1.0)
+    return config
 
 
 def cache_key(config: dict[str, Any]) -> str:
@@ -104,16 +116,24 @@ def train_experts(
     dataset: Dataset, arch: str = "convnet3", n: int = 5, epochs: int = 50, lr: float = 0.01,
     momentum: float = 0.0, weight_decay: float = 0.0, batch_size: int = 256, dsa: bool | str = True,
     seed: int = 0, cache_dir: str | os.PathLike | None = None, device: str | torch.device | None = None,
-    progress: bool = True, model_kw: dict[str, Any] | None = None,
+    progress: bool = True, model_kw: dict[str, Any] | None = None, schedule: str = "constant",
+    cutmix_prob: float = 0.0,
 ) -> list[Trajectory]:
     """Train (or load from the cache) n experts on the real training set; returns their trajectories.
 
-    Each trajectory has epochs + 1 flat parameter vectors (CPU, float32). SGD at a constant lr
-    with cross-entropy; dsa True / a strategy string augments every batch (per-sample DSA).
+    Each trajectory has epochs + 1 flat parameter vectors (CPU, float32). SGD with cross-entropy at a
+    constant lr, or schedule "multistep" (x0.2 at 2/3 and 5/6 of training, DANCE's pre-training);
+    dsa True / a strategy string augments every batch (per-sample DSA); cutmix_prob > 0: CutMix
+    (alpha 1) on a batch with that probability.
     """
     _check_args(arch, n, epochs, lr, batch_size, seed)
+    if schedule not in ("constant", "multistep"):
+        raise ValueError(f"schedule must be 'constant' or 'multistep', got {schedule!r}")
+    if not 0 <= cutmix_prob <= 1:
+        raise ValueError(f"cutmix_prob must be in [0, 1], got {cutmix_prob!r}")
     model_kw = dict(model_kw or {})
-    config = expert_config(dataset, arch, epochs, lr, momentum, weight_decay, batch_size, dsa, seed, model_kw)
+    config = expert_config(dataset, arch, epochs, lr, momentum, weight_decay, batch_size, dsa, seed, model_kw,
+                           schedule, cutmix_prob)
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     folder = folder / f"{dataset.name}_{arch}_{cache_key(config)}"
     if not (folder / "config.json").is_file():
@@ -125,17 +145,16 @@ def train_experts(
         if path.is_file():
             trajectories.append(_load_expert(path, config, i))
             continue
-        traj = _train_one(dataset, arch, model_kw, seed + i, epochs, lr, momentum, weight_decay, batch_size, dsa,
-                          dev, progress)
+        traj = _train_one(dataset, arch, model_kw, seed + i, config, dev, progress)
         save_tensor_file(path, {"trajectory": torch.stack(traj)}, {"config": config, "index": i}, FILE_KIND)
         trajectories.append(traj)
     return trajectories
 
 
-def _train_one(dataset: Dataset, arch: str, model_kw: dict[str, Any], seed: int, epochs: int, lr: float,
-               momentum: float, weight_decay: float, batch_size: int, dsa: bool | str,
+def _train_one(dataset: Dataset, arch: str, model_kw: dict[str, Any], seed: int, config: dict[str, Any],
                device: torch.device, progress: bool) -> Trajectory:
-    """Train one expert from a seeded init, snapshotting the flat parameters at every epoch boundary."""
+    """Train one expert (the training settings of `config`) from a seeded init, snapshotting the flat
+    parameters at every epoch boundary."""
     from ddnb.models import get_model
     from ddnb.train import train_model
 
@@ -144,10 +163,12 @@ def _train_one(dataset: Dataset, arch: str, model_kw: dict[str, Any], seed: int,
         torch.manual_seed(seed)
         model = get_model(arch, c, dataset.num_classes, h, **model_kw).to(device)
     snapshots = [flatten_params(model)]
-    train_model(model, dataset.x_train, dataset.y_train, epochs=epochs, regime="hl", optimizer="sgd", lr=lr,
-                momentum=momentum, weight_decay=weight_decay, batch_size=batch_size, schedule="constant",
-                dsa=dsa, seed=seed, device=device, progress=progress,
-                on_epoch_end=lambda _e, m: snapshots.append(flatten_params(m)))
+    optional = {k: config[k] for k in ("milestones", "gamma", "cutmix_alpha", "cutmix_prob") if k in config}
+    train_model(model, dataset.x_train, dataset.y_train, epochs=config["epochs"], regime="hl", optimizer="sgd",
+                lr=config["lr"], momentum=config["momentum"], weight_decay=config["weight_decay"],
+                batch_size=config["batch_size"], schedule=config["schedule"], dsa=config["dsa"], seed=seed,
+                device=device, progress=progress, on_epoch_end=lambda _e, m: snapshots.append(flatten_params(m)),
+                **optional)
     return snapshots
 
 

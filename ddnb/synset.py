@@ -109,6 +109,10 @@ class SyntheticSet:
             raise ValueError(f"factor must be a positive int (1 = no IDC factoring), got {self.factor!r}")
         if not isinstance(self.provenance, dict):
             raise ValueError(f"provenance must be a dict, got {type(self.provenance).__name__}")
+        protocol = self.provenance.get("eval_protocol")
+        if protocol is not None and not (isinstance(protocol, dict) and isinstance(protocol.get("name"), str)):
+            raise ValueError(f"provenance['eval_protocol'] must be None or a dict with a protocol 'name' "
+                             f"(see ddnb.train.protocol_record), got {protocol!r}")
 
     def _check_images(self) -> None:
         """Images are a float (N,C,h,w) tensor that fits image_shape and factor."""
@@ -142,7 +146,8 @@ class SyntheticSet:
             if not bool(torch.isfinite(y).all()):
                 raise ValueError("soft labels contain NaN or inf")
             if kind == "soft_probs" and not _rows_are_distributions(y):
-                raise ValueError("soft_probs labels must be non-negative rows summing to 1; use label_kind='soft_logits' for scores")
+                raise ValueError("soft_probs labels must be non-negative rows summing to 1; "
+                                 "use label_kind='soft_logits' for scores")
         if y.shape[0] != n:
             raise ValueError(f"got {y.shape[0]} labels for {n} images; they must match")
         return kind
@@ -152,6 +157,11 @@ class SyntheticSet:
     def is_soft(self) -> bool:
         """True for soft labels (probabilities or logits)."""
         return self.label_kind != "hard"
+
+    @property
+    def eval_protocol(self) -> dict[str, Any] | None:
+        """The evaluation protocol the set should be evaluated with (ddnb.train.protocol_record), or None."""
+        return self.provenance.get("eval_protocol")
 
     @property
     def n_stored(self) -> int:
@@ -207,7 +217,8 @@ class SyntheticSet:
         idx = torch.as_tensor(indices, dtype=torch.long).flatten().cpu()
         n = dataset.x_train.shape[0]
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
-            raise ValueError(f"indices must lie in [0, {n}) for {dataset.name!r} x_train, got [{int(idx.min())}, {int(idx.max())}]")
+            raise ValueError(f"indices must lie in [0, {n}) for {dataset.name!r} x_train, "
+                             f"got [{int(idx.min())}, {int(idx.max())}]")
         dev = dataset.x_train.device
         images = dataset.x_train[idx.to(dev)].clone()
         labels = dataset.y_train[idx.to(dataset.y_train.device)].clone()

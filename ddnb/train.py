@@ -31,13 +31,18 @@ if TYPE_CHECKING:
 
 REGIMES = ("hl", "sl", "sl+kd")
 OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("step", "cosine", "constant")
+SCHEDULES = ("step", "cosine", "constant", "multistep")
+IDC_MILESTONES = (2 / 3, 5 / 6)  # IDC / DANCE MultiStepLR: x gamma at 2E//3 and 5E//6 of E epochs
+IDC_EVAL_DSA = "idc:color_crop_flip_scale_rotate"  # IDC's evaluation augmentation: its DSA strategy minus cutout
 
 # Named evaluation protocols. "dc" is the DC/DSA/DM reference `evaluate_synset` (SGD, momentum
 # 0.9, weight decay 5e-4, lr x0.1 half way; 300 epochs, 1000 with DSA). "hl" and "sl" are the
 # small-scale columns of paper 004 Tab. 1 ("StepLR@151" of 300 epochs = x0.1 at half way);
 # momentum / weight decay that Tab. 1 leaves open follow DC (SGD) and torch's AdamW default (0.01).
 # "sl+kd" is the SL setting with a teacher (pass teacher=...); CutMix is optional there.
+# "idc" is the IDC family's evaluation (IDC argument.py / train.py, used by DREAM(+) and DANCE): batch 64,
+# lr x0.2 at 2/3 and 5/6 of training, the IDC augmentation composition without cutout, CutMix (alpha 1)
+# with probability 0.5 (its Fashion-MNIST / MNIST / CIFAR setting), 1000 epochs (DANCE: 1500).
 PROTOCOLS: dict[str, dict[str, Any]] = {
     "dc": dict(regime="hl", optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, batch_size=256,
                schedule="step", warmup_epochs=0, epochs=300, epochs_dsa=1000, dsa=False, temperature=1.0),
@@ -47,6 +52,9 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
                schedule="cosine", warmup_epochs=0, epochs=300, dsa=True, temperature=20.0),
     "sl+kd": dict(regime="sl+kd", optimizer="adamw", lr=1e-3, weight_decay=0.01, batch_size=256,
                   schedule="cosine", warmup_epochs=0, epochs=300, dsa=True, temperature=20.0),
+    "idc": dict(regime="hl", optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, batch_size=64,
+                schedule="multistep", milestones=IDC_MILESTONES, gamma=0.2, warmup_epochs=0, epochs=1000,
+                dsa=IDC_EVAL_DSA, cutmix_alpha=1.0, cutmix_prob=0.5, temperature=1.0),
 }
 
 
@@ -74,12 +82,16 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) 
 
 
 # ------------------------------------------------------------------------- schedules
-def lr_schedule(schedule: str, base_lr: float, epochs: int, warmup_epochs: int = 0) -> list[float]:
-    """Learning rate of each epoch: linear warm-up, then constant, step (x0.1 from epoch epochs//2) or cosine.
+def lr_schedule(schedule: str, base_lr: float, epochs: int, warmup_epochs: int = 0,
+                milestones: Sequence[float] = IDC_MILESTONES, gamma: float = 0.2) -> list[float]:
+    """Learning rate of each epoch: linear warm-up, then constant, step (x0.1 from epoch epochs//2),
+    cosine, or multistep (x gamma at each milestone fraction of training).
 
     Warm-up: lr_e = base * (e + 1) / W for e < W. Cosine after warm-up:
     lr_e = base * (1 + cos(pi * (e - W) / (epochs - W))) / 2. Step: base before epochs // 2,
     base / 10 from then on (DC's reference decays one epoch later, after epoch E//2 + 1 of E + 1).
+    Multistep (torch MultiStepLR stepped once per epoch): lr_e = base * gamma**k, k = the number of
+    milestones m with floor(m * epochs) <= e; milestones (2/3, 5/6) give IDC's 2E//3 and 5E//6.
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
@@ -87,17 +99,24 @@ def lr_schedule(schedule: str, base_lr: float, epochs: int, warmup_epochs: int =
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")
     if not isinstance(warmup_epochs, int) or warmup_epochs < 0 or (warmup_epochs and warmup_epochs >= epochs):
         raise ValueError(f"warmup_epochs must be an int in [0, epochs={epochs}), got {warmup_epochs!r}")
-    return [_lr_at(schedule, base_lr, e, epochs, warmup_epochs) for e in range(epochs)]
+    if not all(isinstance(m, (int, float)) and 0 < m <= 1 for m in milestones):
+        raise ValueError(f"milestones must be fractions of training in (0, 1], got {milestones!r}")
+    if not gamma > 0:
+        raise ValueError(f"gamma must be > 0, got {gamma!r}")
+    starts = [math.floor(m * epochs + 1e-9) for m in milestones]  # 1e-9: 2/3 * 6 is 3.999..., meant as 4
+    return [_lr_at(schedule, base_lr, e, epochs, warmup_epochs, starts, gamma) for e in range(epochs)]
 
 
-def _lr_at(schedule: str, base: float, e: int, epochs: int, warmup: int) -> float:
-    """One epoch's learning rate (see lr_schedule)."""
+def _lr_at(schedule: str, base: float, e: int, epochs: int, warmup: int, starts: list[int], gamma: float) -> float:
+    """One epoch's learning rate (see lr_schedule); `starts` are the multistep milestone epochs."""
     if e < warmup:
         return base * (e + 1) / warmup
     if schedule == "cosine":
         return base * 0.5 * (1.0 + math.cos(math.pi * (e - warmup) / (epochs - warmup)))
     if schedule == "step":
         return base if e < epochs // 2 else base * 0.1
+    if schedule == "multistep":
+        return base * gamma ** sum(e >= start for start in starts)
     return base
 
 
@@ -163,7 +182,8 @@ class RegimeLoss:
 def train_model(
     model: nn.Module, images: Tensor, labels: Tensor, *, epochs: int, regime: str = "hl",
     optimizer: str = "sgd", lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
-    batch_size: int = 256, schedule: str = "step", warmup_epochs: int = 0, dsa: bool | str | None = False,
+    batch_size: int = 256, schedule: str = "step", warmup_epochs: int = 0,
+    milestones: Sequence[float] = IDC_MILESTONES, gamma: float = 0.2, dsa: bool | str | None = False,
     temperature: float = 1.0, teacher: nn.Module | None = None, cutmix_alpha: float | None = None,
     cutmix_prob: float = 1.0, label_kind: str | None = None, seed: int = 0,
     device: str | torch.device | None = None, progress: bool = False,
@@ -174,6 +194,7 @@ def train_model(
     device None: the device the model is on. `label_kind` (None = inferred, see
     ddnb.synset.infer_label_kind) says whether soft labels are probabilities or logits.
     `on_epoch_end(epoch, model)` runs after every epoch (epoch counts from 1), e.g. to snapshot weights.
+    `milestones` and `gamma` are the "multistep" schedule's (see lr_schedule).
     Raises FloatingPointError naming the epoch when the loss becomes NaN or infinite.
     """
     dev = resolve_device(device) if device is not None else next(model.parameters()).device
@@ -184,7 +205,7 @@ def train_model(
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
-    lrs = lr_schedule(schedule, lr, epochs, warmup_epochs)
+    lrs = lr_schedule(schedule, lr, epochs, warmup_epochs, milestones, gamma)
     strategy = _dsa_strategy(dsa)
     model.to(dev)
     opt = _make_optimizer(optimizer, model, lr, momentum, weight_decay)
@@ -284,7 +305,7 @@ class EvalResult:
 
 
 _TRAIN_KEYS = ("regime", "optimizer", "lr", "momentum", "weight_decay", "batch_size", "schedule",
-               "warmup_epochs", "temperature", "teacher", "cutmix_alpha", "cutmix_prob")
+               "warmup_epochs", "milestones", "gamma", "temperature", "teacher", "cutmix_alpha", "cutmix_prob")
 
 
 def resolve_protocol(protocol: str, epochs: int | None, dsa: bool | str | None,
@@ -313,22 +334,48 @@ def _training_labels(synset: SyntheticSet, regime: str) -> tuple[Tensor, Tensor,
     return images.detach(), labels.detach(), kind
 
 
+def protocol_record(name: str, *, epochs: int | None = None, dsa: bool | str | None = None,
+                    **overrides: Any) -> dict[str, Any]:
+    """The evaluation protocol a SyntheticSet carries (provenance "eval_protocol"): name, epochs, dsa and
+    train_model settings that differ from the named protocol (None entries left out); checked now."""
+    resolve_protocol(name, epochs, dsa, overrides)
+    return {"name": name, **{k: v for k, v in dict(epochs=epochs, dsa=dsa, **overrides).items() if v is not None}}
+
+
+def chosen_protocol(synset: SyntheticSet, protocol: str | None, epochs: int | None, dsa: bool | str | None,
+                    overrides: dict[str, Any]) -> dict[str, Any]:
+    """The full settings evaluate_synset trains with, and their `source`: "argument" (an explicit
+    `protocol`), "set" (the protocol the set carries) or "default" ("dc"); explicit epochs, dsa and
+    settings override the set's."""
+    carried = synset.eval_protocol if protocol is None else None
+    if carried is None:
+        settings = resolve_protocol(protocol or "dc", epochs, dsa, overrides)
+        return {**settings, "source": "default" if protocol is None else "argument"}
+    stored = {k: v for k, v in carried.items() if k not in ("name", "epochs", "dsa")}
+    settings = resolve_protocol(carried["name"], epochs if epochs is not None else carried.get("epochs"),
+                                dsa if dsa is not None else carried.get("dsa"), {**stored, **overrides})
+    return {**settings, "source": "set"}
+
+
 def evaluate_synset(
     synset: SyntheticSet, dataset: Dataset, arch: str = "convnet3", seeds: int | Sequence[int] = 5,
-    epochs: int | None = None, dsa: bool | str | None = None, protocol: str = "dc",
+    epochs: int | None = None, dsa: bool | str | None = None, protocol: str | None = None,
     device: str | torch.device | None = None, progress: bool = True,
     model_kw: dict[str, Any] | None = None, **overrides: Any,
 ) -> EvalResult:
     """Train a fresh `arch` per seed on the synthetic set and report final-epoch test accuracy (%).
 
+    protocol None: the one the set carries (`synset.eval_protocol`, e.g. "idc" for IDC-family sets,
+    MTT's learned lr), else "dc"; an explicit protocol wins over the set's, and explicit epochs, dsa
+    and `overrides` (train_model settings: lr, batch_size, teacher, ...) over either. The result's
+    `protocol` records the settings used and their `source` (argument, set or default).
     seeds: a count n (seeds 0..n-1) or explicit seeds; seed i sets both the model init and the
     training order. dsa None: the protocol's choice ("dc": off; 1000 epochs when on). With regime
-    "hl" a soft-label set trains on the argmax class. `overrides` are train_model settings
-    (lr, batch_size, teacher, ...). std is the population std over seeds (numpy, ddof=0).
+    "hl" a soft-label set trains on the argmax class. std is the population std over seeds (numpy, ddof=0).
     """
     from ddnb.models import get_model
 
-    settings = resolve_protocol(protocol, epochs, dsa, overrides)
+    settings = chosen_protocol(synset, protocol, epochs, dsa, overrides)
     if synset.dataset != dataset.name or tuple(synset.image_shape) != tuple(dataset.image_shape):
         raise ValueError(f"synthetic set is for {synset.dataset!r} {synset.image_shape}, but the test data is "
                          f"{dataset.name!r} {tuple(dataset.image_shape)}")

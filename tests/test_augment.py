@@ -210,3 +210,75 @@ def test_cutmix_is_differentiable_and_validates() -> None:
     torch.testing.assert_close(x.grad, torch.ones_like(x))  # each pixel lands exactly once
     with pytest.raises(ValueError, match="alpha must be > 0"):
         cutmix(x, torch.arange(4), alpha=0.0)
+
+
+# ---------------------------------------------------------------- the IDC composition
+
+def _spy_pieces(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record the name of every piece dsa applies (the ops still run), in order."""
+    import ddnb.augment as A
+
+    applied: list[str] = []
+    for piece, fns in list(A._PIECE_FNS.items()):
+        def first(x, n, g, p, _fn=fns[0], _piece=piece):
+            applied.append(_piece)
+            return _fn(x, n, g, p)
+        monkeypatch.setitem(A._PIECE_FNS, piece, (first, *fns[1:]))
+    return applied
+
+
+@pytest.mark.parametrize("seed", [None, *range(40)])
+def test_idc_composition_applies_flip_color_cutout_every_call_and_one_of_the_rest(monkeypatch, seed) -> None:
+    applied = _spy_pieces(monkeypatch)
+    torch.manual_seed(0 if seed is None else seed)
+    dsa(torch.randn(3, 3, 16, 16), "idc:" + DSA_STRATEGY, seed=seed)
+    # the reference order (IDC/DREAM/DANCE DiffAug, single_aug): flip, color, one of crop/scale/rotate, cutout
+    assert applied[:2] == ["flip", "color"] and applied[3] == "cutout" and len(applied) == 4
+    assert applied[2] in ("crop", "scale", "rotate")
+
+
+def test_idc_composition_draws_each_remaining_piece_and_dsa_draws_one_piece(monkeypatch) -> None:
+    applied = _spy_pieces(monkeypatch)
+    drawn = []
+    for seed in range(60):
+        applied.clear()
+        dsa(torch.randn(2, 1, 8, 8), "idc:color_crop_cutout_flip_scale_rotate", seed=seed)
+        drawn.append(applied[2])
+    assert set(drawn) == {"crop", "scale", "rotate"}
+    for seed in range(20):  # one-piece DSA applies exactly one piece per call
+        applied.clear()
+        dsa(torch.randn(2, 1, 8, 8), DSA_STRATEGY, seed=seed)
+        assert len(applied) == 1
+    applied.clear()
+    dsa(torch.randn(2, 1, 8, 8), "idc:color_crop", seed=3)  # IDC's network-update strategy: both, every call
+    assert applied == ["color", "crop"]
+
+
+def test_idc_composition_effects_on_controlled_inputs() -> None:
+    # constant images: color moves the value off 1 (brightness/contrast), cutout zeroes a 4x4 (clipped)
+    # block, crop (the only remaining piece) shifts by <= 1 pixel with zero fill; a ramp shows the flip
+    ones = torch.ones(1, 1, 8, 8, dtype=torch.float64)
+    ramp = torch.arange(64, dtype=torch.float64).reshape(1, 1, 8, 8)
+    flips = 0
+    for seed in range(30):
+        out = dsa(ones, "idc:color_crop_cutout", seed=seed)[0, 0]
+        zero = out == 0
+        assert 4 <= int(zero.sum()) < 64  # the cutout block is there every call (>= its smallest clipped size)
+        assert not torch.allclose(out[~zero], torch.ones_like(out[~zero]))  # color changed the kept pixels
+        flipped = dsa(ramp, "idc:flip", seed=seed)
+        assert torch.equal(flipped, ramp) or torch.equal(flipped, ramp.flip(3))
+        flips += int(torch.equal(flipped, ramp.flip(3)))
+    assert 5 < flips < 25  # flip with probability 0.5, drawn on every call
+
+
+def test_idc_composition_is_siamese_and_differentiable() -> None:
+    torch.manual_seed(0)
+    real = torch.randn(6, 3, 16, 16, dtype=torch.float64, requires_grad=True)
+    for seed in range(5):
+        a, b = dsa(real, "idc:" + DSA_STRATEGY, seed=seed), dsa(real[:2], "idc:" + DSA_STRATEGY, seed=seed)
+        torch.testing.assert_close(a[:2], b)
+    u = torch.randn_like(real)
+    (grad,) = torch.autograd.grad((dsa(real, "idc:" + DSA_STRATEGY, seed=7) * u).sum(), real)
+    assert grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="unknown DSA piece 'blur'"):
+        dsa(real, "idc:color_blur")

@@ -64,6 +64,12 @@ def test_eval_json_round_trip(capsys, random_set):
     assert res["protocol"]["epochs"] == 5 and res["protocol"]["name"] == "dc"
 
 
+def test_eval_prints_the_protocol_it_used(capsys, random_set):
+    code, out, _ = run_main(capsys, "eval", str(random_set), "--epochs", "1", "--seeds", "1", "--quiet",
+                            "--device", "cpu", "--protocol", "idc")
+    assert code == 0 and out.strip().endswith("protocol idc (argument, 1 epochs)")
+
+
 def test_unknown_method_is_one_line_error(capsys, tmp_path):
     code, _, err = run_main(capsys, "select", "nosuch", "--dataset", "digits", "--ipc", "1",
                             "--out", str(tmp_path / "x.safetensors"))

@@ -59,28 +59,6 @@ def test_calibration_term_is_cross_entropy_by_hand():
         D.calibration_term(logits, 5)
 
 
-def test_pixel_unit_step_equals_the_reference_step_in_01_space(digits):
-    """SGD in normalized space with the 1/std^2 hook == the official SGD on [0,1] pixels."""
-    torch.manual_seed(0)
-    pixels = torch.rand(4, 1, 8, 8)
-    target = torch.randn(4, 1, 8, 8)
-
-    def loss_of(x_norm):
-        return ((x_norm - target) ** 3).abs().sum()
-
-    ref = pixels.clone().requires_grad_(True)
-    ref_opt = torch.optim.SGD([ref], lr=0.3, momentum=0.5)
-    ours = digits.normalize(pixels).requires_grad_(True)
-    ours.register_hook(D.pixel_unit_hook(digits, torch.device("cpu")))
-    opt = torch.optim.SGD([ours], lr=0.3, momentum=0.5)
-    for _ in range(3):
-        for o, x, net_in in ((ref_opt, ref, lambda: digits.normalize(ref)), (opt, ours, lambda: ours)):
-            o.zero_grad()
-            loss_of(net_in()).backward()
-            o.step()
-    assert torch.allclose(digits.normalize(ref.detach()), ours.detach(), atol=1e-4)
-
-
 def test_pixel_bounds_are_0_and_1(digits):
     low, high = D.pixel_bounds(digits, torch.device("cpu"))
     assert torch.allclose(low * torch.tensor(digits.std) + torch.tensor(digits.mean), torch.zeros(1), atol=1e-6)
@@ -156,3 +134,14 @@ def test_registered_with_official_paper_budget():
     got = (p["iterations"], p["n_experts"], p["expert_epochs"], p["batch_real"], p["factor"], p["expert_lr"],
            p["expert_momentum"], p["expert_weight_decay"], p["lr_img_per_ipc"], p["momentum"], p["iter_calib"])
     assert got == (10_000, 5, 60, 128, 2, 0.01, 0.9, 5e-4, 0.01, 0.5, 1)
+    # the official pre-training (pretrain.py): batch 64, lr x0.2 at 2/3 and 5/6, CutMix 0.5, IDC augmentation
+    assert (p["expert_batch"], p["expert_schedule"], p["expert_cutmix_prob"]) == (64, "multistep", 0.5)
+    assert p["expert_dsa"] == "idc:color_crop" and p["dsa_strategy"] == "idc:color_crop_cutout"
+    assert (p["eval_protocol"], p["eval_epochs"]) == ("idc", 1500)  # 001 §4.1
+    kwargs = D.expert_kwargs(p)
+    assert (kwargs["schedule"], kwargs["cutmix_prob"], kwargs["batch_size"]) == ("multistep", 0.5, 64)
+
+
+def test_set_carries_the_idc_protocol(digits):
+    syn, _ = ddnb.distill("dance", digits, 1, budget="smoke", seed=0, progress=False, iterations=1)
+    assert syn.eval_protocol == {"name": "idc", "epochs": 4}

@@ -268,3 +268,36 @@ def test_checkpoint_holding_code_is_refused_in_one_line(tmp_path):
     with pytest.raises(ValueError, match=r"ckpt_00000002\.pt is a checkpoint of an older ddnb"):
         _toy_run(4, out_dir=tmp_path, resume=True)
     assert not marker.exists()
+
+
+def test_pixel_unit_step_equals_an_sgd_step_on_01_pixels():
+    """SGD on normalized images with the 1/std^2 hook == SGD on [0, 1] pixels (map x01 -> normalized, step, map back)."""
+    from types import SimpleNamespace
+
+    from ddnb.methods.base import pixel_unit_hook
+
+    mean = torch.tensor([0.3, 0.5, 0.1], dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor([0.2, 0.35, 0.6], dtype=torch.float64).view(1, 3, 1, 1)
+    data = SimpleNamespace(std=(0.2, 0.35, 0.6))
+    g = torch.Generator().manual_seed(0)
+    x01 = torch.rand(2, 3, 4, 4, generator=g, dtype=torch.float64)
+    target = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64)
+
+    def loss_of(x_norm):  # any loss of what the network sees (normalized pixels)
+        return (torch.tanh(x_norm) * target).sum() + 0.5 * (x_norm.mean((2, 3)) ** 2).sum()
+
+    ref = x01.clone().requires_grad_(True)  # the reference optimizes [0, 1] pixels
+    ref_opt = torch.optim.SGD([ref], lr=0.01, momentum=0.5)
+    ours = ((x01 - mean) / std).requires_grad_(True)  # ddnb optimizes normalized pixels
+    ours.register_hook(pixel_unit_hook(data, torch.device("cpu")))
+    opt = torch.optim.SGD([ours], lr=0.01, momentum=0.5)
+    for _ in range(3):
+        ref_opt.zero_grad()
+        loss_of((ref - mean) / std).backward()
+        ref_opt.step()
+        opt.zero_grad()
+        loss_of(ours).backward()
+        opt.step()
+    torch.testing.assert_close(ours.detach() * std + mean, ref.detach())  # mapped back to [0, 1] units
+    moved = (ref.detach() - x01).abs().max()
+    assert moved > 1e-3  # the steps did something

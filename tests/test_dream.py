@@ -299,3 +299,125 @@ def test_registered_variants_and_bad_settings():
     with pytest.raises(ValueError, match="metric"):
         ddnb.distill("idc", data, 1, budget="smoke", device="cpu", metric="l2")
 
+
+def test_budgets_follow_the_official_code():
+    from ddnb.methods.dream import BUDGETS
+
+    for budget in ("smoke", "cpu", "paper"):  # only DREAM+ warms its network up before matching
+        assert BUDGETS["idc"][budget]["warmup_data"] == 0 and BUDGETS["dream"][budget]["warmup_data"] == 0
+        assert BUDGETS["dream+"][budget]["warmup_data"] != 0
+        assert BUDGETS["idc"][budget]["net_batch"] == 64  # IDC's loader batch; DREAM's is 128
+        assert BUDGETS["dream"][budget]["net_batch"] == BUDGETS["dream+"][budget]["net_batch"] == 128
+        assert all(BUDGETS[v][budget]["eval_protocol"] == "idc" for v in BUDGETS)
+    assert BUDGETS["dream+"]["paper"]["warmup_data"] is None  # one epoch of the whole training set
+    assert BUDGETS["dream"]["paper"]["eval_epochs"] == 1000 and BUDGETS["dream"]["cpu"]["eval_epochs"] == 300
+    assert BUDGETS["idc"]["paper"]["aug"] == "idc:color_crop_cutout"
+    with pytest.raises(ValueError, match="warmup_data"):
+        ddnb.distill("dream", ddnb.load_dataset("digits"), 1, budget="smoke", warmup_data=-1)
+
+
+def test_image_lr_size_scaling_uses_base_28_for_mnist_like_data():
+    from ddnb.methods.dream import resolve_lr_img
+
+    assert resolve_lr_img(None, "mae", 10, 28, "fashion_mnist") == pytest.approx(1e-4)  # (28/28)^2
+    assert resolve_lr_img(None, "mae", 20, 8, "digits") == pytest.approx(1e-4 * 2 * (8 / 28) ** 2)
+    assert resolve_lr_img(None, "mse", 10, 32, "cifar10") == pytest.approx(5e-3)  # (32/32)^2
+    assert resolve_lr_img(None, "mse", 1, 64, "tiny") == pytest.approx(5e-4 * 4)
+    assert resolve_lr_img(0.3, "mse", 1, 64, "tiny") == 0.3
+
+
+@pytest.mark.parametrize("variant, warmup, batch", [("idc", 0, 64), ("dream", 0, 128), ("dream+", 128, 128)])
+def test_loop_warms_up_only_dreamplus_steps_in_pixel_units_and_carries_idc_protocol(monkeypatch, variant, warmup,
+                                                                                    batch):
+    import ddnb.methods.dream as D
+
+    calls, hooks = [], []
+    real_train, real_hook = D.train_on_real, D.pixel_unit_hook
+    monkeypatch.setattr(D, "train_on_real", lambda net, opt, data, n, b, *a: calls.append((n, b)) or
+                        real_train(net, opt, data, n, b, *a))
+    monkeypatch.setattr(D, "pixel_unit_hook", lambda *a: hooks.append(a) or real_hook(*a))
+    data = ddnb.load_dataset("digits")
+    syn, _ = ddnb.distill(variant, data, 1, budget="smoke", seed=0, device="cpu", progress=False, iterations=1,
+                          init="real")
+    assert calls == [(warmup, batch), (64, batch)]  # warm-up (0: none), then the inner loop's net_data
+    assert len(hooks) == 1
+    assert syn.eval_protocol == {"name": "idc", "epochs": 4}
+
+
+def test_train_on_real_with_zero_images_trains_and_draws_nothing():
+    from ddnb.methods.dream import network_and_optimizer, train_on_real
+
+    data = ddnb.load_dataset("digits")
+    net, opt = network_and_optimizer("mlp", data, dict(lr_net=0.1, momentum_net=0.9, weight_decay_net=0.0), "cpu")
+    before = [p.detach().clone() for p in net.parameters()]
+    g = torch.Generator().manual_seed(0)
+    state = g.get_state()
+    train_on_real(net, opt, data, 0, 64, 0.5, g)
+    assert torch.equal(g.get_state(), state) and all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+
+
+# ---------------------------------------------------------------- analysis helpers (notebook 03)
+
+def test_per_sample_grad_norms_match_a_loop_of_autograd():
+    from ddnb.sampling import per_sample_grad_norms
+
+    torch.manual_seed(0)
+    net = get_model("convnet", 1, 3, 8, depth=1, width=4)
+    x, y = torch.randn(5, 1, 8, 8), torch.tensor([0, 1, 2, 1, 0])
+    got = per_sample_grad_norms(net, x, y, chunk=2)
+    for i in range(5):
+        grads = torch.autograd.grad(F.cross_entropy(net(x[i:i + 1]), y[i:i + 1]), list(net.parameters()))
+        assert float(got[i]) == pytest.approx(float(torch.sqrt(sum((g ** 2).sum() for g in grads))), rel=1e-4)
+
+
+def test_centre_boundary_split_and_coverage_by_hand():
+    from ddnb.sampling import centre_boundary_split, coverage
+
+    feats = torch.tensor([[0.0], [1.0], [-1.0], [10.0], [-10.0], [0.5], [-0.5], [0.0]])  # mean 0
+    centre, boundary = centre_boundary_split(feats, frac=0.25)
+    assert sorted(centre.tolist()) == [0, 7] and sorted(boundary.tolist()) == [3, 4]
+    real = torch.tensor([[0.0, 0.0], [3.0, 4.0], [6.0, 8.0]])
+    syn = torch.tensor([[0.0, 0.0], [6.0, 8.0]])
+    assert coverage(real, syn) == pytest.approx((0 + 5 + 0) / 3)
+    with pytest.raises(ValueError, match="frac"):
+        centre_boundary_split(feats, frac=0.9)
+
+
+def test_iterations_to_reach_and_matching_terms():
+    from ddnb.methods.dream import MatchingTerms, iterations_to_reach
+
+    evals = [{"iteration": 4, "mean": 60.0}, {"iteration": 2, "mean": 55.0}, {"iteration": 6, "mean": 59.0}]
+    assert iterations_to_reach(evals, 55.0) == 2
+    assert iterations_to_reach(evals, 59.5) == 4
+    assert iterations_to_reach(evals, 70.0) is None
+    rec = MatchingTerms()
+    rec(0, {"grad_term": 2.0, "feature_term": 0.5})
+    assert rec.grad == [2.0] and rec.feature == [0.5]
+
+
+def test_selection_points_picks_the_batch_coordinates():
+    from ddnb.sampling import selection_png, selection_points
+
+    coords = np.arange(20, dtype=float).reshape(10, 2)
+    labels = torch.tensor([0] * 5 + [1] * 5)
+    sel = {"dream": torch.tensor([[[0, 1], [5, 6]], [[2, 3], [7, 8]]]),
+           "random": torch.zeros(2, 2, 2, dtype=torch.long)}
+    pts = selection_points(coords, labels, sel, cls=1, step=1)
+    assert np.array_equal(pts["class"], coords[5:])
+    assert np.array_equal(pts["dream"], coords[[7, 8]])
+    with pytest.raises(ValueError, match="step"):
+        selection_points(coords, labels, sel, cls=1, step=2)
+    assert selection_png(coords, labels, sel, cls=0, step=0).startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_sampler_trace_on_digits_records_batches_and_mmd():
+    from ddnb.methods.dream import gradient_norm_groups, sampler_trace
+
+    data = ddnb.load_dataset("digits")
+    trace = sampler_trace(data, steps=2, batch_size=4, interval=2, pool=12, warmup_data=32, net_data=16, device="cpu")
+    assert trace.mmd["dream"].shape == (2, 10) and np.all(trace.mmd["random"] >= -1e-9)
+    assert torch.equal(trace.selections["dream"][0], trace.selections["dream"][1])  # one clustering block
+    for c in range(10):  # every batch lies inside its class's pool
+        assert set(trace.selections["dream"][1, c].tolist()) <= set(trace.pool.class_indices()[c].tolist())
+    groups = gradient_norm_groups(trace, classes=[0, 1])
+    assert groups["centre"].shape == (6,) and groups["dream"].shape == (8,)

@@ -61,11 +61,33 @@ def test_every_setting_changes_the_cache_key(digits):
     key = cache_key(expert_config(**base))
     assert cache_key(expert_config(**base)) == key
     for change in (dict(arch="convnet3"), dict(epochs=3), dict(lr=0.02), dict(momentum=0.9), dict(weight_decay=5e-4),
-                   dict(batch_size=128), dict(dsa=False), dict(seed=1), dict(model_kw={"width": 8})):
+                   dict(batch_size=128), dict(dsa=False), dict(seed=1), dict(model_kw={"width": 8}),
+                   dict(schedule="multistep"), dict(cutmix_prob=0.5), dict(dsa="idc:color_crop")):
         assert cache_key(expert_config(**{**base, **change})) != key, change
     other = load_dataset("digits")
     other.x_train[0] += 1.0  # same name and shape, different pixels
     assert cache_key(expert_config(**{**base, "dataset": other})) != key
+
+
+def test_config_records_milestones_and_cutmix_only_when_used(digits):
+    # constant lr and no CutMix (MTT's experts): the config holds no milestones or CutMix entries, as before
+    config = expert_config(digits, "mlp", 2, 0.01, 0.0, 0.0, 256, True, 0, {})
+    assert "cutmix_prob" not in config and "milestones" not in config and config["schedule"] == "constant"
+
+
+def test_multistep_and_cutmix_reach_train_model(digits, tmp_path, monkeypatch):
+    import ddnb.train
+
+    seen = []
+    real = ddnb.train.train_model
+    monkeypatch.setattr(ddnb.train, "train_model", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    traj = train_experts(digits, n=1, cache_dir=tmp_path, **{**SMALL, "epochs": 3}, schedule="multistep",
+                         cutmix_prob=0.5)
+    assert len(traj[0]) == 4
+    assert seen[0]["schedule"] == "multistep" and seen[0]["gamma"] == 0.2 and seen[0]["cutmix_prob"] == 0.5
+    assert seen[0]["cutmix_alpha"] == 1.0 and list(seen[0]["milestones"]) == pytest.approx([2 / 3, 5 / 6])
+    with pytest.raises(ValueError, match="schedule must be"):
+        train_experts(digits, n=1, cache_dir=tmp_path, **SMALL, schedule="cosine")
 
 
 def test_foreign_file_in_the_cache_is_a_clear_error(digits, tmp_path):

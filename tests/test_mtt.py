@@ -122,6 +122,26 @@ def test_mtt_loss_decreases_on_digits(digits, cache) -> None:
     assert not syn.is_soft and syn.provenance["syn_lr"] > 0
 
 
+@pytest.mark.parametrize("method", ["mtt", "datm"])
+def test_evaluation_uses_the_learned_syn_lr(digits, cache, monkeypatch, method: str) -> None:
+    import ddnb.train
+    from ddnb.train import evaluate_synset
+
+    # syn_lr starts at lr_teacher = 0.03 (not the protocol's 0.01) and learns from there
+    syn, _ = distill(method, digits, 1, budget="smoke", seed=0, device="cpu", progress=False,
+                     expert_cache_dir=cache, iterations=2, syn_steps=2, lr_teacher=0.03, lr_lr=1e-3, **TINY,
+                     **({"current_max_start_epoch": 1} if method == "datm" else {}))
+    syn_lr = syn.provenance["syn_lr"]
+    assert syn_lr != 0.03 and abs(syn_lr - 0.03) < 0.02
+    seen = []
+    monkeypatch.setattr(ddnb.train, "train_model", lambda model, x, y, **kw: seen.append(kw) or {})
+    res = evaluate_synset(syn, digits, seeds=1, progress=False)
+    assert seen[0]["lr"] == syn_lr and res.protocol["lr"] == syn_lr and res.protocol["source"] == "set"
+    assert seen[0]["epochs"] == 1000 and seen[0]["dsa"]  # DC's protocol with DSA, as the reference evaluates
+    evaluate_synset(syn, digits, seeds=1, progress=False, lr=0.01)  # unless told otherwise
+    assert seen[1]["lr"] == 0.01
+
+
 def test_datm_soft_labels_learn(digits, cache) -> None:
     grads = []
     syn, hist = distill("datm", digits, 1, budget="smoke", seed=0, device="cpu", progress=False,

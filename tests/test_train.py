@@ -76,8 +76,33 @@ def test_cosine_with_warmup_matches_formula():
     assert lrs[5:] == pytest.approx([1e-3 * (1 + math.cos(math.pi * i / 20)) / 2 for i in range(20)])
 
 
+def test_multistep_schedule_at_chosen_epochs_by_hand():
+    # IDC / DANCE: x0.2 at 2E//3 and 5E//6 (torch MultiStepLR stepped per epoch); E = 1000 -> 666 and 833
+    lrs = lr_schedule("multistep", 0.01, 1000)
+    for epoch, lr in ((0, 0.01), (665, 0.01), (666, 0.002), (832, 0.002), (833, 0.0004), (999, 0.0004)):
+        assert lrs[epoch] == pytest.approx(lr), epoch
+    # E = 6: 2/3 * 6 is 3.999... in floating point; the drop still comes at 2*6//3 = 4 and 5*6//6 = 5
+    assert lr_schedule("multistep", 1.0, 6) == pytest.approx([1, 1, 1, 1, 0.2, 0.04])
+    assert lr_schedule("multistep", 1.0, 1500) == pytest.approx([1] * 1000 + [0.2] * 250 + [0.04] * 250)
+    assert lr_schedule("multistep", 1.0, 4, milestones=(0.5,), gamma=0.1) == pytest.approx([1, 1, 0.1, 0.1])
+
+
+def test_multistep_schedule_matches_torch_multisteplr():
+    epochs = 30
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[2 * epochs // 3, 5 * epochs // 6], gamma=0.2)
+    torch_lrs = []
+    for _ in range(epochs):
+        torch_lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lr_schedule("multistep", 0.01, epochs) == pytest.approx(torch_lrs)
+
+
 @pytest.mark.parametrize("args, match", [
     (("linear", 0.1, 10), "schedule must be one of"),
+    (("multistep", 0.1, 10, 0, (0.5, 1.5)), "milestones must be fractions"),
+    (("multistep", 0.1, 10, 0, (0.5,), 0.0), "gamma must be > 0"),
     (("step", 0.1, 0), "epochs must be"),
     (("cosine", 0.1, 10, 10), "warmup_epochs"),
 ])
@@ -206,6 +231,15 @@ def test_protocols_follow_paper_table_and_dc_reference():
         resolve_protocol("dc", None, None, {"learning_rate": 0.1})
 
 
+def test_idc_protocol_is_idcs_evaluation():
+    p = resolve_protocol("idc", None, None, {})
+    assert (p["batch_size"], p["lr"], p["momentum"], p["weight_decay"], p["epochs"]) == (64, 0.01, 0.9, 5e-4, 1000)
+    assert p["schedule"] == "multistep" and p["milestones"] == pytest.approx((2 / 3, 5 / 6)) and p["gamma"] == 0.2
+    assert p["dsa"] == "idc:color_crop_flip_scale_rotate"  # IDC's DSA strategy minus cutout (CutMix instead)
+    assert (p["cutmix_alpha"], p["cutmix_prob"]) == (1.0, 0.5)
+    assert resolve_protocol("idc", 1500, None, {})["epochs"] == 1500
+
+
 @pytest.fixture(scope="module")
 def digits():
     return load_dataset("digits")
@@ -225,6 +259,40 @@ def test_digits_ipc10_real_images_train_well_above_chance(digits):
     assert result.std == pytest.approx(float(np.std(result.per_seed)))  # population std (ddof=0)
     assert result.seeds == [0, 1] and result.protocol["epochs"] == 20 and result.protocol["lr"] == 0.05
     json.dumps(result.to_dict())
+
+
+def _capture_training(monkeypatch) -> list[dict]:
+    """Replace train_model (as evaluate_synset calls it) by a recorder of its keywords."""
+    import ddnb.train
+
+    seen: list[dict] = []
+    monkeypatch.setattr(ddnb.train, "train_model", lambda model, x, y, **kw: seen.append(kw) or {})
+    return seen
+
+
+def test_a_set_carries_its_protocol_and_an_explicit_one_wins(digits, monkeypatch, tmp_path):
+    from ddnb.train import protocol_record
+
+    seen = _capture_training(monkeypatch)
+    real = _real_ipc10(digits)
+    carried = SyntheticSet(real.images, real.labels, real.dataset, 10, real.image_shape,
+                           provenance={"eval_protocol": protocol_record("idc", epochs=7, lr=0.03)})
+    carried = SyntheticSet.load(carried.save(tmp_path / "set.safetensors"))  # saved and loaded with the set
+    assert carried.eval_protocol == {"name": "idc", "epochs": 7, "lr": 0.03}
+    res = evaluate_synset(carried, digits, seeds=1, progress=False)
+    assert res.protocol["name"] == "idc" and res.protocol["source"] == "set"
+    assert (seen[-1]["epochs"], seen[-1]["lr"], seen[-1]["batch_size"], seen[-1]["schedule"]) == (7, 0.03, 64, "multistep")
+    res = evaluate_synset(carried, digits, seeds=1, progress=False, epochs=3, lr=0.5)  # explicit settings win
+    assert res.protocol["source"] == "set" and (seen[-1]["epochs"], seen[-1]["lr"]) == (3, 0.5)
+    res = evaluate_synset(carried, digits, seeds=1, progress=False, protocol="dc")  # an explicit protocol wins
+    assert res.protocol["name"] == "dc" and res.protocol["source"] == "argument"
+    assert (seen[-1]["epochs"], seen[-1]["lr"], seen[-1]["batch_size"]) == (300, 0.01, 256)
+    res = evaluate_synset(real, digits, seeds=1, progress=False)  # a set without one: dc
+    assert res.protocol["name"] == "dc" and res.protocol["source"] == "default"
+    with pytest.raises(ValueError, match="unknown protocol"):
+        protocol_record("fast")
+    with pytest.raises(ValueError, match="eval_protocol"):
+        SyntheticSet(real.images, real.labels, real.dataset, 10, real.image_shape, provenance={"eval_protocol": "idc"})
 
 
 def test_soft_label_set_under_hl_trains_on_argmax_and_under_sl_on_kl(digits):

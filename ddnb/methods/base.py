@@ -98,6 +98,13 @@ def pixel_bounds(dataset: Any, device: torch.device) -> tuple[Tensor, Tensor]:
     return dataset.normalize(zeros), dataset.normalize(zeros + 1)
 
 
+def pixel_unit_hook(dataset: Any, device: torch.device) -> Callable[[Tensor], Tensor]:
+    """Gradient hook (grad / std**2 per channel) that turns an SGD step on images kept in the normalized
+    space into the reference's step on [0, 1] pixels (DANCE, IDC, DREAM optimize the [0, 1] images)."""
+    std2 = torch.tensor(dataset.std, device=device).view(1, -1, 1, 1) ** 2
+    return lambda grad: grad / std2
+
+
 def in_loop_eval(current: Callable[[dict[str, Any]], Any], dataset: Any, device: torch.device,
                  **eval_kw: Any) -> Callable[[dict[str, Any]], Any]:
     """run_loop's `eval_fn`: evaluate the set `current(state)` builds from the loop state (evaluate_synset)."""

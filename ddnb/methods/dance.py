@@ -16,13 +16,22 @@ l x l tiles that are upsampled for matching and training). As in the official co
 (Hansong-Zhang/DANCE `DANCE.py`): the images are optimized in the reference's [0, 1] pixel units
 (SGD lr 0.01 x IPC, momentum 0.5; ddnb keeps them in the normalized space and scales the
 gradient by 1 / std**2 per channel, which is the same step) and clamped to valid pixels at the
-start of every iteration; matching augmentation "color_crop_cutout"; per class at most
+start of every iteration; matching augmentation the IDC composition "idc:color_crop_cutout" (color,
+crop and cutout on every call, `ddnb.augment`); per class at most
 `batch_syn_max` decoded synthetic images. Where the official code steps once per class, ddnb
 steps once per loss on the sum over classes, as DM does (the per-row gradient is the same).
-Experts (001 §4.1): SGD lr 0.01, momentum 0.9, weight decay 5e-4, 60 epochs, batch 128, DSA
-"color_crop"; ddnb trains them at a constant lr without CutMix (the official pre-training decays
-lr x0.2 at 2/3 and 5/6 of training and uses CutMix), cached by `ddnb.experts`, shared by all IPCs
-and seeds (`expert_seed`). The `cpu` budget trains 3 experts for 2 epochs on 500 images per class.
+Experts (001 §4.1, official `pretrain.py`): SGD lr 0.01, momentum 0.9, weight decay 5e-4, 60 epochs,
+the IDC composition "idc:color_crop" per sample; at `paper` as the official pre-training: batch 64,
+lr x0.2 at 2/3 and 5/6 of training, CutMix with probability 0.5; cached by `ddnb.experts`, shared
+by all IPCs and seeds (`expert_seed`). The `cpu` budget trains 3 experts for 2 epochs on 500
+images per class at batch 128, constant lr, no CutMix. The sets carry IDC's evaluation protocol
+(`ddnb.train.PROTOCOLS["idc"]`), 1,500 epochs at `paper` (001 §4.1), 300 at `cpu`.
+
+What changed vs before (issue 11): matching, calibration and expert augmentation are the IDC
+composition (three transforms per call instead of one piece); the `paper` experts train at batch 64
+with the x0.2 multistep schedule and CutMix 0.5 (were batch 128, constant lr, no CutMix); the sets
+carry the "idc" evaluation protocol (were evaluated with DC's protocol and DSA); the pixel-unit
+hook moved to `ddnb.methods.base` (shared with the IDC family).
 
 `pltda=False` (Tab. 5 ablation) matches under a fresh random network each iteration, as DM;
 `iter_calib=0` turns calibration off; `factor=1` turns factoring off; `dsa_strategy=None` turns
@@ -30,7 +39,7 @@ augmentation off.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -39,29 +48,35 @@ from ddnb.augment import dsa
 from ddnb.experts import Trajectory, load_params, train_experts
 from ddnb.matching import calibration_loss
 from ddnb.methods import register
-from ddnb.methods.base import build_synset, in_loop_eval, init_synthetic, pixel_bounds, real_subset, subsample
+from ddnb.methods.base import (build_synset, in_loop_eval, init_synthetic, pixel_bounds, pixel_unit_hook, real_subset,
+                               subsample)
 from ddnb.methods.loop import History, RunOptions, run_loop, seed_iteration
 from ddnb.methods.dm import (ReinitNet, class_seeds, dm_loss, real_class_means, sample_real, syn_by_class,
                              syn_class_means)
 from ddnb.settings import Bool, Choice, Float, Int, Positive, Strategy, Text
+from ddnb.train import PROTOCOLS, protocol_record
 from ddnb.utils import resolve_device
 
 _EXPERTS = dict(expert_lr=0.01, expert_momentum=0.9, expert_weight_decay=5e-4, expert_batch=128,
-                expert_dsa="color_crop", expert_seed=0, expert_images_per_class=None)
-_COMMON = dict(arch="convnet3", lr_img_per_ipc=0.01, momentum=0.5, dsa_strategy="color_crop_cutout",
+                expert_schedule="constant", expert_cutmix_prob=0.0, expert_dsa="idc:color_crop", expert_seed=0,
+                expert_images_per_class=None)
+_COMMON = dict(arch="convnet3", lr_img_per_ipc=0.01, momentum=0.5, dsa_strategy="idc:color_crop_cutout",
                init="real", factor=2, batch_syn_max=200, pltda=True, iter_calib=1, calib_interval=1, clip=True,
-               channels_last=True, compile=False, real_chunk=1280, eval_seeds=1, **_EXPERTS)
+               channels_last=True, compile=False, real_chunk=1280, eval_seeds=1, eval_protocol="idc", **_EXPERTS)
 BUDGETS = {
-    "smoke": {**_COMMON, "iterations": 10, "batch_real": 16, "n_experts": 2, "expert_epochs": 1},
+    "smoke": {**_COMMON, "iterations": 10, "batch_real": 16, "n_experts": 2, "expert_epochs": 1, "eval_epochs": 4},
     "cpu": {**_COMMON, "iterations": 100, "batch_real": 64, "n_experts": 3, "expert_epochs": 2,
-            "expert_images_per_class": 500},
-    "paper": {**_COMMON, "iterations": 10_000, "batch_real": 128, "n_experts": 5, "expert_epochs": 60},
+            "expert_images_per_class": 500, "eval_epochs": 300},
+    "paper": {**_COMMON, "iterations": 10_000, "batch_real": 128, "n_experts": 5, "expert_epochs": 60,
+              "expert_batch": 64, "expert_schedule": "multistep", "expert_cutmix_prob": 0.5, "eval_epochs": 1500},
 }
 SPEC = dict(arch=Text(), lr_img_per_ipc=Positive(), momentum=Float(0, 1, high_open=True),
             dsa_strategy=Strategy(), init=Choice("real", "noise"), factor=Int(1), batch_syn_max=Int(1),
             pltda=Bool(), iter_calib=Int(0), calib_interval=Int(1), clip=Bool(), channels_last=Bool(),
             compile=Bool(), real_chunk=Int(1), eval_seeds=Int(1), expert_lr=Positive(),
             expert_momentum=Float(0, 1, high_open=True), expert_weight_decay=Float(0), expert_batch=Int(1),
+            expert_schedule=Choice("constant", "multistep"), expert_cutmix_prob=Float(0, 1),
+            eval_protocol=Choice(*PROTOCOLS), eval_epochs=Int(1, optional=True),
             expert_dsa=Strategy(optional=False, bool_ok=True), expert_seed=Int(0),
             expert_images_per_class=Int(1, optional=True), iterations=Int(0), batch_real=Int(1), n_experts=Int(1),
             expert_epochs=Int(1))
@@ -100,12 +115,6 @@ def _augment_all(syn: list[Tensor], seeds: list[int], strategy: str | None) -> T
     return torch.cat([dsa(s, strategy, seed=seeds[c]) if strategy else s for c, s in enumerate(syn)])
 
 
-def pixel_unit_hook(dataset: Any, device: torch.device) -> Callable[[Tensor], Tensor]:
-    """Gradient hook that turns an SGD step in normalized space into the reference's step in [0, 1] units."""
-    std2 = torch.tensor(dataset.std, device=device).view(1, -1, 1, 1) ** 2
-    return lambda grad: grad / std2
-
-
 # ---------------------------------------------------------------- experts
 
 def expert_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
@@ -113,7 +122,8 @@ def expert_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
     s = settings
     return dict(arch=s["arch"], n=s["n_experts"], epochs=s["expert_epochs"], lr=s["expert_lr"],
                 momentum=s["expert_momentum"], weight_decay=s["expert_weight_decay"], batch_size=s["expert_batch"],
-                dsa=s["expert_dsa"], seed=s["expert_seed"])
+                schedule=s["expert_schedule"], cutmix_prob=s["expert_cutmix_prob"], dsa=s["expert_dsa"],
+                seed=s["expert_seed"])
 
 
 def load_experts(dataset: Any, settings: dict[str, Any], device: Any = None,
@@ -181,9 +191,10 @@ def distill_dance(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str
 
     def current(state: dict[str, Any] | None = None) -> Any:
         return build_synset(images, labels, data, method="dance", settings=s, seed=seed, budget=budget,
-                            factor=s["factor"], ipc=ipc)
+                            factor=s["factor"], ipc=ipc,
+                            eval_protocol=protocol_record(s["eval_protocol"], epochs=s["eval_epochs"]))
 
-    evaluate = in_loop_eval(current, data, dev, arch=s["arch"], seeds=s["eval_seeds"], dsa=strategy is not None)
+    evaluate = in_loop_eval(current, data, dev, arch=s["arch"], seeds=s["eval_seeds"])
     history = run_loop(step, {"images": images, "optimizer": opt}, method="dance", settings=s,
                        n_iters=s["iterations"], run=run, eval_fn=evaluate,
                        identity=dict(dataset=data.name, ipc=ipc, seed=seed, budget=budget))

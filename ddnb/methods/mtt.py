@@ -17,6 +17,13 @@ current_max_start_epoch to max_start_epoch over the first expansion_end_epoch it
 over the experts that classify it correctly), trained with their own SGD (lr_y, momentum_y)
 against a soft cross-entropy; an update is skipped when the loss exceeds `threshold`
 (reference: NUS-HPC-AI-Lab/DATM distill/DATM.py).
+
+As the reference evaluates its sets with the learned learning rate (`args.lr_net = syn_lr`), every
+set carries DC's evaluation protocol with lr = syn_lr and the run's DSA (`synset.eval_protocol`,
+used by `evaluate_synset` unless told otherwise).
+
+What changed vs before (issue 11): sets are evaluated at the learned syn_lr (was the protocol's 0.01);
+syn_lr was already in the provenance.
 """
 from __future__ import annotations
 
@@ -35,6 +42,7 @@ from ddnb.methods.base import build_synset, check_ipc, in_loop_eval, init_synthe
 from ddnb.methods.loop import History, RunOptions, run_loop, seed_iteration
 from ddnb.models import get_model
 from ddnb.settings import Choice, Float, Int, Positive, Strategy, Text
+from ddnb.train import protocol_record
 from ddnb.utils import resolve_device
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -234,9 +242,12 @@ def check_start_epochs(s: dict[str, Any]) -> None:
 
 def _result(images: Tensor, labels: Tensor, data: Any, s: dict[str, Any], name: str, seed: int, budget: str,
             state: dict[str, Any], label_kind: str) -> Any:
-    """The SyntheticSet with the learned syn_lr in its provenance (soft logits for DATM)."""
+    """The SyntheticSet with the learned syn_lr in its provenance and its evaluation protocol (DC's
+    with lr = syn_lr and the run's DSA, as the reference evaluates); soft logits for DATM."""
+    syn_lr = state["syn_lr"].item()
+    protocol = protocol_record("dc", dsa=s["dsa_strategy"] or False, lr=syn_lr)
     synset = build_synset(images, labels, data, method=name, settings=s, seed=seed, budget=budget,
-                          factor=s["factor"], syn_lr=state["syn_lr"].item())
+                          factor=s["factor"], syn_lr=syn_lr, eval_protocol=protocol)
     return dataclasses.replace(synset, label_kind=label_kind) if synset.label_kind != label_kind else synset
 
 
@@ -294,7 +305,7 @@ def _trajectory_matching(name: str, dataset: Any, ipc: int, *, seed: int, device
 
     kind = "soft_logits" if datm else "hard"
     evaluate = in_loop_eval(lambda st: _result(images, labels, data, s, name, seed, budget, st, kind), data, dev,
-                            arch=s["arch"], seeds=s["eval_seeds"], dsa=bool(s["dsa_strategy"]))
+                            arch=s["arch"], seeds=s["eval_seeds"])
     history = run_loop(step, state, method=name, settings=s, n_iters=s["iterations"], run=run, eval_fn=evaluate,
                        identity=dict(dataset=data.name, ipc=ipc, seed=seed, budget=budget))
     return _result(images, labels, data, s, name, seed, budget, state, kind), history
