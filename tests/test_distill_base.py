@@ -271,7 +271,7 @@ def test_checkpoint_holding_code_is_refused_in_one_line(tmp_path):
 
 
 def test_pixel_unit_step_equals_an_sgd_step_on_01_pixels():
-    """SGD on normalized images with the 1/std^2 hook == SGD on [0, 1] pixels (map x01 -> normalized, step, map back)."""
+    """SGD on normalized images with the 1/std^2 hook == SGD on [0, 1] pixels (normalize, step, map back)."""
     from types import SimpleNamespace
 
     from ddnb.methods.base import pixel_unit_hook

@@ -53,5 +53,6 @@ def test_gradient_matching_resumes_the_dream_selection(method, even_digits, tmp_
 
 
 def test_unknown_sampler_is_named(even_digits):
-    with pytest.raises(ValueError, match="dm setting sampler='kmeans' is not allowed; allowed: one of 'random', 'dream'"):
+    with pytest.raises(ValueError, match="dm setting sampler='kmeans' is not allowed; allowed: one of 'random', "
+                                         "'dream'"):
         ddnb.distill("dm", even_digits, 1, budget="smoke", sampler="kmeans", progress=False)

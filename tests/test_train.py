@@ -281,7 +281,8 @@ def test_a_set_carries_its_protocol_and_an_explicit_one_wins(digits, monkeypatch
     assert carried.eval_protocol == {"name": "idc", "epochs": 7, "lr": 0.03}
     res = evaluate_synset(carried, digits, seeds=1, progress=False)
     assert res.protocol["name"] == "idc" and res.protocol["source"] == "set"
-    assert (seen[-1]["epochs"], seen[-1]["lr"], seen[-1]["batch_size"], seen[-1]["schedule"]) == (7, 0.03, 64, "multistep")
+    last = seen[-1]
+    assert (last["epochs"], last["lr"], last["batch_size"], last["schedule"]) == (7, 0.03, 64, "multistep")
     res = evaluate_synset(carried, digits, seeds=1, progress=False, epochs=3, lr=0.5)  # explicit settings win
     assert res.protocol["source"] == "set" and (seen[-1]["epochs"], seen[-1]["lr"]) == (3, 0.5)
     res = evaluate_synset(carried, digits, seeds=1, progress=False, protocol="dc")  # an explicit protocol wins
