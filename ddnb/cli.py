@@ -109,11 +109,21 @@ def cmd_select(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     """`ddnb eval`: train fresh models on a saved set and report test accuracy over seeds."""
     from ddnb.data import load_dataset
+    from ddnb.models import get_model
+    from ddnb.settings import Int, require
     from ddnb.synset import SyntheticSet
     from ddnb.train import evaluate_synset
 
+    require("--seeds", args.seeds, Int(1))
+    if args.epochs is not None:
+        require("--epochs", args.epochs, Int(1))
     synset = SyntheticSet.load(args.file)
     data = load_dataset(synset.dataset, root=args.root, device=args.device)
+    c, h, _ = data.image_shape
+    try:  # an unknown or unfitting model fails before training starts
+        get_model(args.arch, c, data.num_classes, h)
+    except ValueError as exc:
+        raise ValueError(f"--arch {args.arch!r}: {exc}") from exc
     res = evaluate_synset(synset, data, arch=args.arch, seeds=args.seeds, epochs=args.epochs,
                           dsa=True if args.dsa else None, protocol=args.protocol, device=args.device,
                           progress=not args.quiet)
