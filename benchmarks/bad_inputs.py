@@ -34,7 +34,7 @@ import torch
 from ddnb import cli
 from ddnb.data import load_dataset
 from ddnb.methods import distill, select
-from ddnb.methods.base import _frame_checkpoint
+from ddnb.methods.loop import _frame_checkpoint
 from ddnb.synset import FILE_KIND, SyntheticSet, save_tensor_file
 from ddnb.train import evaluate_synset
 

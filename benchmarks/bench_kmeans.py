@@ -17,8 +17,9 @@ import time
 import torch
 
 from ddnb.data import load_dataset
+from ddnb.embedding import embed_images
 from ddnb.models import get_model
-from ddnb.sampling import embed_images, kmeans
+from ddnb.sampling import kmeans
 from ddnb.utils import resolve_device
 
 

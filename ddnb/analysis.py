@@ -1,7 +1,13 @@
-"""Measurements the notebooks plot: how far a synthetic set's feature distribution is from the real
-one under the checkpoints of a model trained on real data (001 Fig. 3a), how well the DANCE mid
-models lambda * init + (1 - lambda) * expert classify (Fig. 3b), how an expert classifies a
-synthetic set (Fig. 3c), and 2-D t-SNE coordinates of embeddings.
+"""Measurements the notebooks plot and test claims on.
+
+Notebook 02 (DANCE): how far a synthetic set's feature distribution is from the real one under the
+checkpoints of a model trained on real data (001 Fig. 3a), how well the DANCE mid models
+lambda * init + (1 - lambda) * expert classify (Fig. 3b), how an expert classifies a synthetic set
+(Fig. 3c), and 2-D t-SNE coordinates of embeddings.
+Notebook 03 (DREAM): the matching terms and accuracy of a run over its iterations (002 Fig. 6c-d,
+Tab. 3), random vs DREAM real batches along a network's training (`sampler_trace`, Fig. 2b),
+per-sample gradient norms of class centre and boundary samples (Fig. 1a, 5) and how well a
+synthetic set covers its classes.
 
 Distances are class-wise and averaged over classes, as DM and DANCE match them: the squared
 distance between the mean embeddings of real and synthetic images of a class, and the squared MMD
@@ -12,6 +18,7 @@ so every synthetic set is measured with the same kernel at a checkpoint. Accurac
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -19,9 +26,10 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from ddnb.embedding import embed_images, project_2d
 from ddnb.experts import load_params
 from ddnb.matching import mmd2
-from ddnb.methods.coreset import embed_images
+from ddnb.sampling import DreamSampler, RandomSampler
 from ddnb.utils import resolve_device
 
 BANDWIDTH_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -99,9 +107,9 @@ def class_distance(feats_real: Tensor, feats_syn: Tensor) -> tuple[float, float]
     return mean_d, float(mmd2(fr, fs, bandwidths=real_bandwidths(fr)))
 
 
-def _class_feats(model: nn.Module, per_class: list[Tensor], device: torch.device) -> list[Tensor]:
-    """Embeddings of each class's images under `model` (inference, CPU float64 results)."""
-    return [embed_images(model, x, device).double() for x in per_class]
+def _class_feats(model: nn.Module, per_class: list[Tensor]) -> list[Tensor]:
+    """Embeddings of each class's images under `model`, on its device (inference, CPU float64 results)."""
+    return [embed_images(model, x).cpu().double() for x in per_class]
 
 
 def distribution_distance(model_or_checkpoints: Checkpoints, real: Any, syn: Any, *,
@@ -125,9 +133,9 @@ def distribution_distance(model_or_checkpoints: Checkpoints, real: Any, syn: Any
     rows = []
     for i, model in enumerate(models):
         model = model.to(dev)
-        fr = _class_feats(model, real_pc, dev)
+        fr = _class_feats(model, real_pc)
         for name, per_class in syn_pc.items():
-            d = np.array([class_distance(a, b) for a, b in zip(fr, _class_feats(model, per_class, dev))])
+            d = np.array([class_distance(a, b) for a, b in zip(fr, _class_feats(model, per_class))])
             rows.append({"checkpoint": i, "set": name, "mean_distance": float(d[:, 0].mean()),
                          "mmd": float(d[:, 1].mean())})
     return pd.DataFrame(rows)
@@ -197,22 +205,162 @@ def lambda_panel(lambda_: float, *, init_params: Tensor, expert_params: Tensor, 
 def tsne_embedding(model: nn.Module, sets: Mapping[str, Any], *, max_per_class: int = 50, perplexity: float = 30.0,
                    seed: int = 0, device: Any = None) -> pd.DataFrame:
     """2-D t-SNE of the embeddings of several sets (e.g. real, DM, DANCE) fitted jointly: x, y, set, label."""
-    from sklearn.manifold import TSNE
-    from threadpoolctl import threadpool_limits
-
-    dev = resolve_device(device)
+    model = model.to(resolve_device(device))
     feats, names, labels = [], [], []
     for name, data in sets.items():
         x, y = as_xy(data)
         k = int(y.max()) + 1
         for c, xc in enumerate(subsample_per_class(x, y, k, max_per_class, seed)):
-            feats.append(embed_images(model.to(dev), xc, dev))
+            feats.append(embed_images(model, xc).cpu())
             names += [name] * len(xc)
             labels += [c] * len(xc)
-    f = torch.cat(feats).numpy()
-    if len(f) < 4:
-        raise ValueError(f"t-SNE needs at least 4 points, got {len(f)}")
-    tsne = TSNE(n_components=2, perplexity=min(perplexity, (len(f) - 1) / 3), init="pca", random_state=seed)
-    with threadpool_limits(1):  # OpenMP threads of t-SNE spin-wait badly on a busy CPU (15x slower measured)
-        xy = tsne.fit_transform(f)
+    xy = project_2d(torch.cat(feats), "tsne", perplexity=perplexity, seed=seed)
     return pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "set": names, "label": labels})
+
+
+# ---------------------------------------------------------------- distillation progress (notebook 03)
+
+class MatchingTerms:
+    """A run_loop callback keeping the mean gradient and feature term of every iteration (002 Fig. 6c-d)."""
+
+    def __init__(self) -> None:
+        self.grad: list[float] = []
+        self.feature: list[float] = []
+
+    def __call__(self, it: int, state: dict[str, Any]) -> None:
+        self.grad.append(float(state["grad_term"]))
+        self.feature.append(float(state["feature_term"]))
+
+
+def iterations_to_reach(evals: list[dict[str, Any]], target: float) -> int | None:
+    """The first evaluated iteration whose mean accuracy is >= target (002 Tab. 3 "Iter"), None if none."""
+    for record in sorted(evals, key=lambda r: r["iteration"]):
+        if record["mean"] >= target:
+            return int(record["iteration"])
+    return None
+
+
+# ---------------------------------------------------------------- representative sampling (notebook 03)
+
+def per_sample_grad_norms(model: nn.Module, x: Tensor, y: Tensor, chunk: int = 64) -> Tensor:
+    """L2 norm of the gradient of cross-entropy w.r.t. all parameters, per sample (002 Fig. 1a / 5)."""
+    from torch.func import functional_call, grad, vmap
+
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    buffers = {k: v.detach() for k, v in model.named_buffers()}
+
+    def loss(p: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
+        out = functional_call(model, (p, buffers), (xi.unsqueeze(0),))
+        return torch.nn.functional.cross_entropy(out, yi.unsqueeze(0))
+
+    grads = vmap(grad(loss), in_dims=(None, 0, 0), chunk_size=chunk)(params, x, y)
+    return torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in grads.values())).detach()
+
+
+def centre_boundary_split(feats: Tensor, frac: float = 0.25) -> tuple[Tensor, Tensor]:
+    """Row indices of the `frac` of points nearest the mean of feats (centre) and the `frac` farthest (boundary)."""
+    if not 0 < frac <= 0.5:
+        raise ValueError(f"frac must be in (0, 0.5], got {frac!r}")
+    order = torch.argsort(((feats - feats.mean(0)) ** 2).sum(1))
+    m = max(1, int(round(frac * feats.shape[0])))
+    return order[:m], order[-m:]
+
+
+def coverage(real_feats: Tensor, syn_feats: Tensor) -> float:
+    """Mean Euclidean distance from each real point to its nearest synthetic point (lower = better covered)."""
+    if real_feats.shape[0] == 0 or syn_feats.shape[0] == 0:
+        raise ValueError("coverage needs at least one real and one synthetic point")
+    return float(torch.cdist(real_feats.float(), syn_feats.float()).min(1).values.mean())
+
+
+def class_coverage(net: nn.Module, pool: Any, synset: Any) -> float:
+    """Mean over classes of `coverage`: distance from each real pool image to the nearest synthetic one of its class."""
+    images, labels = synset.decoded()
+    real_feats, syn_feats = embed_images(net, pool.x_train), embed_images(net, images)
+    labels, real_labels = labels.to(syn_feats.device), pool.y_train.to(real_feats.device)
+    return float(np.mean([coverage(real_feats[real_labels == c], syn_feats[labels == c])
+                          for c in range(pool.num_classes)]))
+
+
+def pool_dataset(dataset: Any, n_per_class: int, seed: int = 0) -> tuple[Any, Tensor]:
+    """The dataset restricted to n random training images per class (class-sorted), and their x_train indices."""
+    from ddnb.methods.base import real_init_indices
+
+    idx = real_init_indices(dataset, n_per_class, seed)
+    return dataset.subset(idx), idx.to(dataset.x_train.device)
+
+
+@dataclass
+class SamplerTrace:
+    """What `sampler_trace` recorded: per step and class, each sampler's batch and its MMD to the class."""
+
+    pool: Any
+    pool_indices: Tensor
+    mmd: dict[str, np.ndarray]
+    selections: dict[str, Tensor]
+    features: Tensor
+    net: nn.Module
+    interval: int
+
+
+def sampler_trace(dataset: Any, *, steps: int = 20, batch_size: int = 32, interval: int = 5, pool: int = 200,
+                  arch: str = "convnet3", warmup_data: int = 1000, net_data: int = 256, seed: int = 0,
+                  device: Any = None) -> SamplerTrace:
+    """Random vs DREAM batches along a network's training on real data, with their MMD to the whole class (Fig. 2b).
+
+    A fresh network trains on `warmup_data` real images, then for each step: every class's pool
+    (`pool` images per class) is embedded, each sampler picks its batch from the pool (DREAM
+    re-clusters every `interval` steps), the squared MMD between batch and pool embeddings is
+    recorded (Gaussian kernels at the class's median distance x 0.25..4), and the network trains
+    on `net_data` more real images, as IDC's inner loop does.
+    """
+    from ddnb.methods.dream import _COMMON, network_and_optimizer, train_on_real
+
+    dev = resolve_device(device)
+    data = dataset.to(dev)
+    sub, idx = pool_dataset(data, pool, seed)
+    samplers = {"random": RandomSampler(sub, batch_size, seed=seed),
+                "dream": DreamSampler(sub, batch_size, interval=interval, seed=seed)}
+    s = {**_COMMON, "arch": arch}
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    net, opt = network_and_optimizer(arch, data, s, dev)
+    train_on_real(net, opt, data, warmup_data, s["net_batch"], s["cutmix_prob"], g)
+    k = data.num_classes
+    mmd = {name: np.zeros((steps, k)) for name in samplers}
+    selections = {name: torch.zeros((steps, k, batch_size), dtype=torch.long) for name in samplers}
+    for t in range(steps):
+        feats = embed_images(net, sub.x_train)
+        for sampler in samplers.values():
+            sampler.bind(net)
+        for c, cls_idx in enumerate(sub.class_indices()):
+            fc = feats[cls_idx.to(feats.device)].double()
+            bandwidths = real_bandwidths(fc)
+            for name, sampler in samplers.items():
+                sel = sampler.select(c, t).cpu()
+                selections[name][t, c] = sel
+                mmd[name][t, c] = float(mmd2(feats[sel.to(feats.device)].double(), fc, bandwidths=bandwidths))
+        train_on_real(net, opt, data, net_data, s["net_batch"], s["cutmix_prob"], g)
+    return SamplerTrace(sub, idx.cpu(), mmd, selections, embed_images(net, sub.x_train).cpu(), net, interval)
+
+
+def gradient_norm_groups(trace: SamplerTrace, frac: float = 0.25, classes: list[int] | None = None
+                         ) -> dict[str, np.ndarray]:
+    """Per-sample gradient norms under the trace's final network: class centre vs boundary, DREAM vs random batch.
+
+    centre / boundary: the `frac` of each class's pool nearest / farthest from the class mean
+    embedding; dream / random: the samples each sampler picked at the last step (002 Fig. 1a, 5).
+    """
+    pool, groups = trace.pool, {"centre": [], "boundary": [], "dream": [], "random": []}
+    last = trace.selections["dream"].shape[0] - 1
+    for c in classes if classes is not None else range(pool.num_classes):
+        cls_idx = pool.class_indices()[c].cpu()
+        y = pool.y_train[cls_idx.to(pool.y_train.device)]
+        norms = per_sample_grad_norms(trace.net, pool.x_train[cls_idx.to(pool.x_train.device)], y).cpu()
+        by_global = dict(zip(cls_idx.tolist(), norms.tolist()))
+        centre, boundary = centre_boundary_split(trace.features[cls_idx], frac)
+        groups["centre"] += norms[centre].tolist()
+        groups["boundary"] += norms[boundary].tolist()
+        for name in ("dream", "random"):
+            groups[name] += [by_global[i] for i in trace.selections[name][last, c].tolist()]
+    return {name: np.asarray(v) for name, v in groups.items()}

@@ -9,7 +9,7 @@ A sampler is a plain object any matching loop can use:
 
 `step` is a monotone counter of matching steps (e.g. iteration * inner_loops + inner step); the
 DREAM sampler re-clusters class c when `step // interval` changes. Samplers carry
-`state_dict()` / `load_state_dict()`, so `ddnb.methods.base.run_loop` checkpoints them and a
+`state_dict()` / `load_state_dict()`, so `ddnb.methods.loop.run_loop` checkpoints them and a
 resumed run reuses the same selection. Same seed, same model, same device -> same batches.
 
 k-means (random seeding as DREAM's code, then Lloyd) runs in torch on the distillation device
@@ -20,8 +20,7 @@ jobs: 6,000 x 2,048 torch 11.0 s, sklearn 3.7 s; 1,000 x 2,048 torch 0.87 s, skl
 (With the CPU oversubscribed about 5x, scikit-learn's OpenMP threads fell far behind instead:
 13.7 s against 299 s at 6,000, so pass backend="torch" on a crowded machine.)
 
-The second half holds the measurements notebook 03 makes of representative sampling: per-sample
-gradient norms, centre / boundary split, coverage, 2-D projections and the batch browser.
+Notebook 03's measurements of these samplers are in `ddnb.analysis`, their figures in `ddnb.viz`.
 """
 from __future__ import annotations
 
@@ -32,12 +31,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ddnb.embedding import embed_images
 from ddnb.settings import Choice, Int, Spec, require
 
 KMEANS_BACKENDS = ("auto", "torch", "sklearn")
 KMEANS_INITS = ("random", "k-means++")
 SAMPLERS = ("random", "dream")
-EMBED_CHUNK = 1024  # images embedded per forward pass when clustering a class
 
 
 @dataclass
@@ -178,20 +177,7 @@ def nearest_to_centres(x: Tensor, centres: Tensor, n: int = 1) -> Tensor:
     return torch.topk(d2, n, dim=1, largest=False).indices
 
 
-# ---------------------------------------------------------------- embeddings
-
-@torch.no_grad()
-def embed_images(model: nn.Module, images: Tensor, chunk: int = EMBED_CHUNK) -> Tensor:
-    """model.embed of images in chunks, in eval mode without gradients (the model's mode is restored)."""
-    was_training = model.training
-    model.eval()
-    try:
-        dev = next(model.parameters()).device
-        feats = [model.embed(images[i:i + chunk].to(dev)) for i in range(0, images.shape[0], chunk)]
-    finally:
-        model.train(was_training)
-    return torch.cat(feats).float()
-
+# ---------------------------------------------------------------- representatives
 
 def representatives(model: nn.Module, images: Tensor, k: int, per_cluster: int = 1, *, backend: str = "auto",
                     n_iter: int = 100, seed: int = 0) -> Tensor:
@@ -363,145 +349,3 @@ def make_sampler(settings: Mapping[str, Any], dataset: Any, batch_size: int, see
                             kmeans_iters=settings["kmeans_iters"], seed=seed)
     raise ValueError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
 
-
-# ---------------------------------------------------------------- analysis of representative sampling
-
-def per_sample_grad_norms(model: nn.Module, x: Tensor, y: Tensor, chunk: int = 64) -> Tensor:
-    """L2 norm of the gradient of cross-entropy w.r.t. all parameters, per sample (002 Fig. 1a / 5)."""
-    from torch.func import functional_call, grad, vmap
-
-    params = {k: v.detach() for k, v in model.named_parameters()}
-    buffers = {k: v.detach() for k, v in model.named_buffers()}
-
-    def loss(p: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
-        out = functional_call(model, (p, buffers), (xi.unsqueeze(0),))
-        return torch.nn.functional.cross_entropy(out, yi.unsqueeze(0))
-
-    grads = vmap(grad(loss), in_dims=(None, 0, 0), chunk_size=chunk)(params, x, y)
-    return torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in grads.values())).detach()
-
-
-def centre_boundary_split(feats: Tensor, frac: float = 0.25) -> tuple[Tensor, Tensor]:
-    """Row indices of the `frac` of points nearest the mean of feats (centre) and the `frac` farthest (boundary)."""
-    if not 0 < frac <= 0.5:
-        raise ValueError(f"frac must be in (0, 0.5], got {frac!r}")
-    order = torch.argsort(((feats - feats.mean(0)) ** 2).sum(1))
-    m = max(1, int(round(frac * feats.shape[0])))
-    return order[:m], order[-m:]
-
-
-def coverage(real_feats: Tensor, syn_feats: Tensor) -> float:
-    """Mean Euclidean distance from each real point to its nearest synthetic point (lower = better covered)."""
-    if real_feats.shape[0] == 0 or syn_feats.shape[0] == 0:
-        raise ValueError("coverage needs at least one real and one synthetic point")
-    return float(torch.cdist(real_feats.float(), syn_feats.float()).min(1).values.mean())
-
-
-PROJECTIONS = ("tsne", "umap")
-
-
-def project_2d(feats: Tensor | np.ndarray, method: str = "tsne", seed: int = 0) -> np.ndarray:
-    """(n, 2) t-SNE or UMAP projection of the rows of feats (fitted on all of them, seeded)."""
-    x = feats.detach().cpu().numpy() if isinstance(feats, Tensor) else np.asarray(feats)
-    if method not in PROJECTIONS:
-        raise ValueError(f"projection method must be one of {PROJECTIONS}, got {method!r}")
-    if x.shape[0] < 5:
-        raise ValueError(f"a 2-D projection needs at least 5 points, got {x.shape[0]}")
-    if method == "tsne":
-        from sklearn.manifold import TSNE
-
-        return TSNE(n_components=2, perplexity=min(30.0, (x.shape[0] - 1) / 3), init="pca",
-                    random_state=seed).fit_transform(x)
-    import umap
-
-    return umap.UMAP(n_components=2, n_neighbors=min(15, x.shape[0] - 1), random_state=seed).fit_transform(x)
-
-
-def selection_points(coords: np.ndarray, labels: Tensor | np.ndarray, selections: dict[str, Tensor], cls: int,
-                     step: int) -> dict[str, np.ndarray]:
-    """The widget's data: 2-D points of class `cls` ("class") and of each sampler's batch at `step`.
-
-    coords (n, 2) and labels (n,) describe the clustered pool; selections[name] is (steps, K, B)
-    indices into that pool, as `ddnb.methods.dream.sampler_trace` records them.
-    """
-    labels = np.asarray(labels.cpu() if isinstance(labels, Tensor) else labels)
-    steps = min(int(s.shape[0]) for s in selections.values())
-    if not 0 <= cls <= int(labels.max()):
-        raise ValueError(f"class {cls!r} out of range; allowed: 0..{int(labels.max())}")
-    if not 0 <= step < steps:
-        raise ValueError(f"step {step!r} out of range; allowed: 0..{steps - 1}")
-    out = {"class": coords[labels == cls]}
-    for name, sel in selections.items():
-        out[name] = coords[sel[step, cls].cpu().numpy()]
-    return out
-
-
-def selection_figure(coords: np.ndarray, labels: Tensor | np.ndarray, selections: dict[str, Tensor], cls: int,
-                     step: int, title: str = "") -> Any:
-    """Scatter of a class on the 2-D embedding with each sampler's batch at `step` marked (the widget's picture)."""
-    import matplotlib.pyplot as plt
-
-    pts = selection_points(coords, labels, selections, cls, step)
-    names = [n for n in pts if n != "class"]
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4), squeeze=False)
-    for ax, name in zip(axes[0], names):
-        ax.scatter(*pts["class"].T, s=6, c="lightgray", label=f"class {cls}")
-        ax.scatter(*pts[name].T, s=28, marker="*" if name == "dream" else "o", c="crimson", label=f"{name} batch")
-        ax.set_title(f"{name} batch, step {step}")
-        ax.set_xticks([]), ax.set_yticks([])
-        ax.legend(loc="best", fontsize=7)
-    fig.suptitle(title or f"class {cls}: selected real batch on the 2-D embedding")
-    fig.tight_layout()
-    return fig
-
-
-def embedding_panels(real_xy: np.ndarray, real_labels: np.ndarray, syn: dict[str, tuple[np.ndarray, np.ndarray]],
-                     title: str = "") -> Any:
-    """One panel per synthetic set: real points coloured by class, that set's images as stars (002 Fig. 8)."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(syn), figsize=(4.6 * len(syn), 4.4), squeeze=False)
-    cmap = plt.get_cmap("tab10")
-    for ax, (name, (xy, labels)) in zip(axes[0], syn.items()):
-        ax.scatter(*real_xy.T, s=4, c=[cmap(int(c) % 10) for c in real_labels], alpha=0.35)
-        ax.scatter(*xy.T, s=90, marker="*", c=[cmap(int(c) % 10) for c in labels], edgecolors="black",
-                   linewidths=0.6)
-        ax.set_title(name)
-        ax.set_xticks([]), ax.set_yticks([])
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
-def selection_png(coords: np.ndarray, labels: Tensor | np.ndarray, selections: dict[str, Tensor], cls: int,
-                  step: int, class_name: str | None = None) -> bytes:
-    """PNG bytes of `selection_figure` (the widget's image; also what tests can check)."""
-    import matplotlib.pyplot as plt
-
-    from ddnb.viz import figure_png
-
-    title = f"{class_name or f'class {cls}'}: selected real batch at step {step}, on the 2-D embedding"
-    fig = selection_figure(coords, labels, selections, cls, step, title=title)
-    try:
-        return figure_png(fig, dpi=100)
-    finally:
-        plt.close(fig)
-
-
-def selection_browser(coords: np.ndarray, labels: Tensor | np.ndarray, selections: dict[str, Tensor],
-                      class_names: list[str]) -> Any:
-    """A panel: class dropdown and step slider; the picture (`selection_png`) marks each sampler's batch."""
-    import ipywidgets as w
-
-    steps = min(int(s.shape[0]) for s in selections.values())
-    pick = w.Dropdown(options=[(n, i) for i, n in enumerate(class_names)], value=0, description="class")
-    slider = w.IntSlider(value=0, min=0, max=steps - 1, description="step", continuous_update=False)
-    image = w.Image(format="png")
-
-    def redraw(_change: Any = None) -> None:
-        image.value = selection_png(coords, labels, selections, pick.value, slider.value, class_names[pick.value])
-
-    pick.observe(redraw, names="value")
-    slider.observe(redraw, names="value")
-    redraw()
-    return w.VBox([w.HBox([pick, slider]), image])

@@ -1,5 +1,7 @@
 """Figures a person would rather look at than read: image grids (denormalized), real next to
-synthetic per class, accuracy bars with error bars, loss curves; and `save_figure` (atomic PNG).
+synthetic per class, accuracy bars with error bars, loss curves, overlaid distributions of groups
+of values, and 2-D feature maps (a sampler's batches in its class, synthetic images among real
+ones); and `save_figure` (atomic PNG).
 
 Headless (no display, not inside a Jupyter kernel, no MPLBACKEND) matplotlib uses Agg; inside a
 notebook the kernel's own backend is left alone.
@@ -55,21 +57,22 @@ def to_display(images: torch.Tensor, dataset: Any = None, mean: Sequence[float] 
 
 
 def mosaic(tiles: Sequence[np.ndarray | None], ncols: int, pad: int = 1) -> np.ndarray:
-    """Tile (H,W,C) images in [0,1] row by row into one RGBA picture; None tiles and the `pad`
-    pixels between tiles are transparent (alpha 0), so the figure background shows through."""
+    """Tile (H,W,C) images in [0,1] row by row into one RGBA picture (torchvision's make_grid); None tiles
+    and the `pad` pixels between tiles are transparent (alpha 0), so the figure background shows through."""
     if not tiles or all(t is None for t in tiles):
         raise ValueError("mosaic needs at least one image")
+    from torchvision.utils import make_grid
+
     h, w, _ = next(t for t in tiles if t is not None).shape
-    nrows = math.ceil(len(tiles) / ncols)
-    out = np.zeros((nrows * (h + pad) - pad, ncols * (w + pad) - pad, 4), dtype=np.float32)
+    rgba = torch.zeros(max(len(tiles), ncols), 4, h, w)  # a short row keeps its ncols places
     for i, tile in enumerate(tiles):
-        if tile is None:
-            continue
-        r, c = divmod(i, ncols)
-        y, x = r * (h + pad), c * (w + pad)
-        out[y:y + h, x:x + w, :3] = tile if tile.shape[-1] == 3 else tile[..., :1]
-        out[y:y + h, x:x + w, 3] = 1.0
-    return out
+        if tile is not None:
+            rgba[i, :3] = torch.as_tensor(tile if tile.shape[-1] == 3 else tile[..., :1]).permute(2, 0, 1)
+            rgba[i, 3] = 1.0
+    grid = make_grid(rgba, nrow=ncols, padding=pad, pad_value=0.0)
+    if len(rgba) > 1:  # make_grid also pads the outer border (a single image it returns as is): cut it off
+        grid = grid[:, pad:grid.shape[1] - pad, pad:grid.shape[2] - pad]
+    return grid.permute(1, 2, 0).numpy()
 
 
 def show_images(images: torch.Tensor, labels: torch.Tensor | Sequence[int] | None = None, dataset: Any = None, *,
@@ -172,6 +175,84 @@ def loss_curve(history: Mapping[str, Sequence[float]] | Sequence[float], *, keys
         ax.legend()
     if title:
         ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def group_histograms(groups: Mapping[str, Sequence[float] | np.ndarray], pairs: Sequence[Sequence[str]], *,
+                     titles: Sequence[str] | None = None, xlabel: str = "value", bins: int = 30) -> Figure:
+    """One panel per pair (or tuple) of groups: their values as overlaid density histograms (seaborn) on
+    shared bins from 0 to the largest value, each labelled with its mean (e.g. gradient norms, 002 Fig. 1a)."""
+    import seaborn as sns
+
+    missing = sorted({name for pair in pairs for name in pair} - set(groups))
+    if missing:
+        raise ValueError(f"no group(s) {missing}; the groups are: {list(groups)}")
+    if titles is not None and len(titles) != len(pairs):
+        raise ValueError(f"{len(titles)} titles for {len(pairs)} panels; give one per panel or none")
+    values = {name: np.asarray(v, dtype=float) for name, v in groups.items()}
+    edges = np.linspace(0, max(float(v.max()) for v in values.values()), bins)
+    fig, axes = plt.subplots(1, len(pairs), figsize=(5 * len(pairs), 3.6), squeeze=False)
+    for i, (ax, pair) in enumerate(zip(axes[0], pairs)):
+        for name in pair:
+            sns.histplot(x=values[name], bins=edges, stat="density", alpha=0.55, linewidth=0.5, ax=ax,
+                         label=f"{name} (mean {values[name].mean():.2f})")
+        ax.set(xlabel=xlabel, ylabel="density")
+        ax.legend()
+        if titles is not None:
+            ax.set_title(titles[i])
+    fig.tight_layout()
+    return fig
+
+
+def selection_points(coords: np.ndarray, labels: torch.Tensor | np.ndarray, selections: Mapping[str, torch.Tensor],
+                     cls: int, step: int) -> dict[str, np.ndarray]:
+    """The data of `selection_figure`: 2-D points of class `cls` ("class") and of each sampler's batch at `step`.
+
+    coords (n, 2) and labels (n,) describe the clustered pool; selections[name] is (steps, K, B)
+    indices into that pool, as `ddnb.analysis.sampler_trace` records them.
+    """
+    labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+    steps = min(int(s.shape[0]) for s in selections.values())
+    if not 0 <= cls <= int(labels.max()):
+        raise ValueError(f"class {cls!r} out of range; allowed: 0..{int(labels.max())}")
+    if not 0 <= step < steps:
+        raise ValueError(f"step {step!r} out of range; allowed: 0..{steps - 1}")
+    out = {"class": coords[labels == cls]}
+    for name, sel in selections.items():
+        out[name] = coords[sel[step, cls].cpu().numpy()]
+    return out
+
+
+def selection_figure(coords: np.ndarray, labels: torch.Tensor | np.ndarray, selections: Mapping[str, torch.Tensor],
+                     cls: int, step: int, title: str = "") -> Figure:
+    """Scatter of a class on the 2-D embedding with each sampler's batch at `step` marked (the widget's picture)."""
+    pts = selection_points(coords, labels, selections, cls, step)
+    names = [n for n in pts if n != "class"]
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        ax.scatter(*pts["class"].T, s=6, c="lightgray", label=f"class {cls}")
+        ax.scatter(*pts[name].T, s=28, marker="*" if name == "dream" else "o", c="crimson", label=f"{name} batch")
+        ax.set_title(f"{name} batch, step {step}")
+        ax.set_xticks([]), ax.set_yticks([])
+        ax.legend(loc="best", fontsize=7)
+    fig.suptitle(title or f"class {cls}: selected real batch on the 2-D embedding")
+    fig.tight_layout()
+    return fig
+
+
+def embedding_panels(real_xy: np.ndarray, real_labels: np.ndarray,
+                     syn: Mapping[str, tuple[np.ndarray, np.ndarray]], title: str = "") -> Figure:
+    """One panel per synthetic set: real points coloured by class, that set's images as stars (002 Fig. 8)."""
+    fig, axes = plt.subplots(1, len(syn), figsize=(4.6 * len(syn), 4.4), squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    for ax, (name, (xy, labels)) in zip(axes[0], syn.items()):
+        ax.scatter(*real_xy.T, s=4, c=[cmap(int(c) % 10) for c in real_labels], alpha=0.35)
+        ax.scatter(*xy.T, s=90, marker="*", c=[cmap(int(c) % 10) for c in labels], edgecolors="black",
+                   linewidths=0.6)
+        ax.set_title(name)
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.suptitle(title)
     fig.tight_layout()
     return fig
 

@@ -2,13 +2,15 @@
 that tests (and scripts) can call without a browser.
 
 `CheckpointRecorder` is a distillation `callback` that keeps copies of the synthetic images as
-they evolve; `synset_browser` flips through a synthetic set by class and over those checkpoints.
+they evolve; `synset_browser` flips through a synthetic set by class and over those checkpoints;
+`selection_browser` steps through the real batches each sampler picked (`ddnb.analysis.sampler_trace`).
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import matplotlib.pyplot as plt
+import numpy as np
 from torch import Tensor
 
 from ddnb import viz
@@ -105,6 +107,36 @@ def synset_browser(synset: Any, dataset: Any, checkpoints: Sequence[Checkpoint] 
     def redraw(_change: Any = None) -> None:
         idx = None if slider.value == len(frames) else slider.value
         image.value = browser_png(synset, dataset, pick.value, frames, idx, ncols)
+
+    pick.observe(redraw, names="value")
+    slider.observe(redraw, names="value")
+    redraw()
+    return w.VBox([w.HBox([pick, slider]), image])
+
+
+def selection_png(coords: np.ndarray, labels: Tensor | np.ndarray, selections: Mapping[str, Tensor], cls: int,
+                  step: int, class_name: str | None = None) -> bytes:
+    """PNG bytes of `viz.selection_figure` (the picture of `selection_browser`; also what tests can check)."""
+    title = f"{class_name or f'class {cls}'}: selected real batch at step {step}, on the 2-D embedding"
+    fig = viz.selection_figure(coords, labels, selections, cls, step, title=title)
+    try:
+        return viz.figure_png(fig, dpi=100)
+    finally:
+        plt.close(fig)
+
+
+def selection_browser(coords: np.ndarray, labels: Tensor | np.ndarray, selections: Mapping[str, Tensor],
+                      class_names: list[str]) -> Any:
+    """A panel: class dropdown and step slider; the picture (`selection_png`) marks each sampler's batch."""
+    import ipywidgets as w
+
+    steps = min(int(s.shape[0]) for s in selections.values())
+    pick = w.Dropdown(options=[(n, i) for i, n in enumerate(class_names)], value=0, description="class")
+    slider = w.IntSlider(value=0, min=0, max=steps - 1, description="step", continuous_update=False)
+    image = w.Image(format="png")
+
+    def redraw(_change: Any = None) -> None:
+        image.value = selection_png(coords, labels, selections, pick.value, slider.value, class_names[pick.value])
 
     pick.observe(redraw, names="value")
     slider.observe(redraw, names="value")

@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from ddnb.methods.base import (History, RunOptions, build_synset, init_synthetic, latest_checkpoint, load_checkpoint,
-                               real_init_indices, run_loop, seed_iteration)
+from ddnb.methods.base import build_synset, init_synthetic, real_init_indices
+from ddnb.methods.loop import History, RunOptions, latest_checkpoint, load_checkpoint, run_loop, seed_iteration
 
 
 def _toy_run(n_iters: int, out_dir=None, resume: bool = False, seed: int = 3, identity=None, **kw):
@@ -183,7 +183,7 @@ def test_damaged_newest_checkpoint_is_skipped_and_named(tmp_path, caplog, how, w
     full, _ = _toy_run(6)
     images, _ = _toy_run(4, out_dir=tmp_path, checkpoint_every=2)  # ckpt 2 and 4; 'crash' after 4
     _damage(tmp_path / "ckpt_00000004.pt", how, images)
-    with caplog.at_level("WARNING", logger="ddnb.methods.base"):
+    with caplog.at_level("WARNING", logger="ddnb.methods.loop"):
         resumed, hist = _toy_run(6, out_dir=tmp_path, resume=True, checkpoint_every=2)
     assert torch.equal(full, resumed)  # resumed from ckpt 2, not from the damaged ckpt 4
     skipped = [r.getMessage() for r in caplog.records if "ckpt_00000004.pt" in r.getMessage()]
@@ -251,14 +251,14 @@ class _RunsCode:
 def test_checkpoint_holding_code_is_refused_in_one_line(tmp_path):
     import io
 
-    from ddnb.methods import base
+    from ddnb.methods import loop
 
     _toy_run(2, out_dir=tmp_path, checkpoint_every=2)
     marker = tmp_path / "pwned"
     buf = io.BytesIO()
-    torch.save({"format": base.CHECKPOINT_FORMAT, "iteration": 2, "state": {"x": _RunsCode(marker)}}, buf)
+    torch.save({"format": loop.CHECKPOINT_FORMAT, "iteration": 2, "state": {"x": _RunsCode(marker)}}, buf)
     path = tmp_path / "ckpt_00000002.pt"
-    path.write_bytes(base._frame_checkpoint(buf.getvalue()))  # a valid checksum: only the content is hostile
+    path.write_bytes(loop._frame_checkpoint(buf.getvalue()))  # a valid checksum: only the content is hostile
     with pytest.raises(ValueError) as info:
         _toy_run(4, out_dir=tmp_path, resume=True)
     msg = str(info.value)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import ddnb
@@ -300,69 +299,3 @@ def test_registered_variants_and_bad_settings():
     with pytest.raises(ValueError, match="metric"):
         ddnb.distill("idc", data, 1, budget="smoke", device="cpu", metric="l2")
 
-
-# ---------------------------------------------------------------- analysis helpers (notebook 03)
-
-def test_per_sample_grad_norms_match_a_loop_of_autograd():
-    from ddnb.sampling import per_sample_grad_norms
-
-    torch.manual_seed(0)
-    net = get_model("convnet", 1, 3, 8, depth=1, width=4)
-    x, y = torch.randn(5, 1, 8, 8), torch.tensor([0, 1, 2, 1, 0])
-    got = per_sample_grad_norms(net, x, y, chunk=2)
-    for i in range(5):
-        grads = torch.autograd.grad(F.cross_entropy(net(x[i:i + 1]), y[i:i + 1]), list(net.parameters()))
-        assert float(got[i]) == pytest.approx(float(torch.sqrt(sum((g ** 2).sum() for g in grads))), rel=1e-4)
-
-
-def test_centre_boundary_split_and_coverage_by_hand():
-    from ddnb.sampling import centre_boundary_split, coverage
-
-    feats = torch.tensor([[0.0], [1.0], [-1.0], [10.0], [-10.0], [0.5], [-0.5], [0.0]])  # mean 0
-    centre, boundary = centre_boundary_split(feats, frac=0.25)
-    assert sorted(centre.tolist()) == [0, 7] and sorted(boundary.tolist()) == [3, 4]
-    real = torch.tensor([[0.0, 0.0], [3.0, 4.0], [6.0, 8.0]])
-    syn = torch.tensor([[0.0, 0.0], [6.0, 8.0]])
-    assert coverage(real, syn) == pytest.approx((0 + 5 + 0) / 3)
-    with pytest.raises(ValueError, match="frac"):
-        centre_boundary_split(feats, frac=0.9)
-
-
-def test_iterations_to_reach_and_matching_terms():
-    from ddnb.methods.dream import MatchingTerms, iterations_to_reach
-
-    evals = [{"iteration": 4, "mean": 60.0}, {"iteration": 2, "mean": 55.0}, {"iteration": 6, "mean": 59.0}]
-    assert iterations_to_reach(evals, 55.0) == 2
-    assert iterations_to_reach(evals, 59.5) == 4
-    assert iterations_to_reach(evals, 70.0) is None
-    rec = MatchingTerms()
-    rec(0, {"grad_term": 2.0, "feature_term": 0.5})
-    assert rec.grad == [2.0] and rec.feature == [0.5]
-
-
-def test_selection_points_picks_the_batch_coordinates():
-    from ddnb.sampling import selection_png, selection_points
-
-    coords = np.arange(20, dtype=float).reshape(10, 2)
-    labels = torch.tensor([0] * 5 + [1] * 5)
-    sel = {"dream": torch.tensor([[[0, 1], [5, 6]], [[2, 3], [7, 8]]]),
-           "random": torch.zeros(2, 2, 2, dtype=torch.long)}
-    pts = selection_points(coords, labels, sel, cls=1, step=1)
-    assert np.array_equal(pts["class"], coords[5:])
-    assert np.array_equal(pts["dream"], coords[[7, 8]])
-    with pytest.raises(ValueError, match="step"):
-        selection_points(coords, labels, sel, cls=1, step=2)
-    assert selection_png(coords, labels, sel, cls=0, step=0).startswith(b"\x89PNG\r\n\x1a\n")
-
-
-def test_sampler_trace_on_digits_records_batches_and_mmd():
-    from ddnb.methods.dream import gradient_norm_groups, sampler_trace
-
-    data = ddnb.load_dataset("digits")
-    trace = sampler_trace(data, steps=2, batch_size=4, interval=2, pool=12, warmup_data=32, net_data=16, device="cpu")
-    assert trace.mmd["dream"].shape == (2, 10) and np.all(trace.mmd["random"] >= -1e-9)
-    assert torch.equal(trace.selections["dream"][0], trace.selections["dream"][1])  # one clustering block
-    for c in range(10):  # every batch lies inside its class's pool
-        assert set(trace.selections["dream"][1, c].tolist()) <= set(trace.pool.class_indices()[c].tolist())
-    groups = gradient_norm_groups(trace, classes=[0, 1])
-    assert groups["centre"].shape == (6,) and groups["dream"].shape == (8,)

@@ -1,7 +1,6 @@
 """The DREAM sampler as a plug-in of DC, DSA and DM (`distill(..., sampler="dream")`, 002 §3.3)."""
 from __future__ import annotations
 
-import dataclasses
 
 import pytest
 import torch
@@ -17,7 +16,7 @@ def even_digits():
     """Digits cut to PER_CLASS training images in every class, so a batch can be a whole class."""
     data = load_dataset("digits")
     idx = torch.cat([data.class_indices()[c][:PER_CLASS] for c in range(data.num_classes)])
-    return dataclasses.replace(data, x_train=data.x_train[idx], y_train=data.y_train[idx])
+    return data.subset(idx)
 
 
 def test_dm_dream_with_k_equal_class_size_matches_the_whole_class(even_digits):

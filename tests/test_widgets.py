@@ -142,6 +142,42 @@ def test_save_figure_writes_a_png_atomically(tmp_path):
             viz.save_figure(fig, tmp_path, bad)
 
 
+def test_selection_points_picks_the_batch_coordinates():
+    coords = np.arange(20, dtype=float).reshape(10, 2)
+    labels = torch.tensor([0] * 5 + [1] * 5)
+    sel = {"dream": torch.tensor([[[0, 1], [5, 6]], [[2, 3], [7, 8]]]),
+           "random": torch.zeros(2, 2, 2, dtype=torch.long)}
+    pts = viz.selection_points(coords, labels, sel, cls=1, step=1)
+    assert np.array_equal(pts["class"], coords[5:])
+    assert np.array_equal(pts["dream"], coords[[7, 8]])
+    with pytest.raises(ValueError, match="step"):
+        viz.selection_points(coords, labels, sel, cls=1, step=2)
+    assert widgets.selection_png(coords, labels, sel, cls=0, step=0).startswith(PNG_MAGIC)
+
+
+def test_group_histograms_one_panel_per_pair_with_means():
+    groups = {"a": np.array([1.0, 1.0, 3.0]), "b": np.array([2.0, 4.0]), "c": np.array([0.5])}
+    fig = viz.group_histograms(groups, [("a", "b"), ("c",)], titles=["ab", "c"], xlabel="norm", bins=5)
+    ab, c = fig.axes
+    assert [t.get_text() for t in ab.get_legend().get_texts()] == ["a (mean 1.67)", "b (mean 3.00)"]
+    assert (ab.get_title(), c.get_title(), ab.get_xlabel()) == ("ab", "c", "norm")
+    bars = [p for p in ab.patches if p.get_height() > 0]
+    assert sum(p.get_height() * p.get_width() for p in bars) == pytest.approx(2.0)  # two densities, area 1 each
+    assert min(p.get_x() for p in ab.patches) == 0.0 and max(p.get_x() + p.get_width() for p in ab.patches) == 4.0
+    with pytest.raises(ValueError, match="no group"):
+        viz.group_histograms(groups, [("a", "z")])
+    with pytest.raises(ValueError, match="titles"):
+        viz.group_histograms(groups, [("a", "b")], titles=["x", "y"])
+
+
+def test_embedding_panels_one_panel_per_set():
+    real_xy, real_labels = np.random.default_rng(0).normal(size=(6, 2)), np.array([0, 0, 1, 1, 2, 2])
+    syn = {"s1": (np.zeros((3, 2)), np.array([0, 1, 2])), "s2": (np.ones((3, 2)), np.array([0, 1, 2]))}
+    fig = viz.embedding_panels(real_xy, real_labels, syn, title="t")
+    assert [ax.get_title() for ax in fig.axes] == ["s1", "s2"]
+    assert [len(c.get_offsets()) for c in fig.axes[0].collections] == [6, 3]
+
+
 # ------------------------------------------------------------------ widgets: plain functions
 
 def test_images_for_class_by_hand():
@@ -221,3 +257,16 @@ def test_synset_browser_picture_follows_its_controls():
     assert image.value == widgets.browser_png(synset, data, 2, frames, 0)
     no_frames = widgets.synset_browser(synset, data)
     assert no_frames.children[0].children[1].layout.display == "none"
+
+
+def test_selection_browser_picture_follows_its_controls():
+    coords = np.arange(20, dtype=float).reshape(10, 2)
+    labels = torch.tensor([0] * 5 + [1] * 5)
+    sel = {"dream": torch.tensor([[[0, 1], [5, 6]], [[2, 3], [7, 8]]]),
+           "random": torch.zeros(2, 2, 2, dtype=torch.long)}
+    panel = widgets.selection_browser(coords, labels, sel, ["zero", "one"])
+    (pick, slider), image = panel.children[0].children, panel.children[1]
+    assert (slider.min, slider.max, slider.value) == (0, 1, 0)
+    assert image.value == widgets.selection_png(coords, labels, sel, 0, 0, "zero")
+    pick.value, slider.value = 1, 1
+    assert image.value == widgets.selection_png(coords, labels, sel, 1, 1, "one")

@@ -45,7 +45,7 @@ def register(name: str, kind: str, budgets: dict[str, dict[str, Any]] | None = N
     """Decorator: put an entry point in the registry under `name`.
 
     A distill entry point is `fn(dataset, ipc, *, seed, device, budget, settings, run)` (`run`: a
-    `ddnb.methods.base.RunOptions`); every setting of every budget needs a spec.
+    `ddnb.methods.loop.RunOptions`); every setting of every budget needs a spec.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -165,7 +165,7 @@ def distill(method: str, dataset: Any, ipc: int, budget: str = "cpu", seed: int 
     resume, progress, checkpoint_every, eval_every, callback). Every argument is checked before any
     work starts.
     """
-    from ddnb.methods.base import RunOptions
+    from ddnb.methods.loop import RunOptions
 
     info = get_method(method, "distill")
     _check_call(dataset, ipc, seed, device)

@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from ddnb.embedding import embed_images
 from ddnb.methods import register
 from ddnb.methods.base import check_ipc, real_init_indices
 from ddnb.models import get_model
@@ -81,17 +82,6 @@ def feature_model(dataset: Any, arch: str = "convnet3", seed: int = 0) -> nn.Mod
         return get_model(arch, dataset.channels, dataset.num_classes, dataset.image_size)
 
 
-@torch.no_grad()
-def embed_images(model: nn.Module, images: Tensor, device: torch.device, batch_size: int = 512) -> Tensor:
-    """Features `model.embed(images)` computed in batches on `device`, returned on the CPU."""
-    was_training = model.training
-    model.eval()
-    feats = [model.embed(images[i:i + batch_size].to(device)).flatten(1).cpu()
-             for i in range(0, len(images), batch_size)]
-    model.train(was_training)
-    return torch.cat(feats)
-
-
 def _select_by_features(dataset: Any, ipc: int, seed: int, device: Any, arch: str, model: nn.Module | None,
                         batch_size: int, pick: Callable[[Tensor, int], Tensor]) -> Tensor:
     """Per class, embed the class's images and let `pick` choose `ipc` of them; global indices."""
@@ -100,7 +90,7 @@ def _select_by_features(dataset: Any, ipc: int, seed: int, device: Any, arch: st
     net = (model if model is not None else feature_model(dataset, arch, seed)).to(dev)
     chosen = []
     for idx in per_class:
-        feats = embed_images(net, dataset.x_train[idx.to(dataset.x_train.device)], dev, batch_size)
+        feats = embed_images(net, dataset.x_train[idx.to(dataset.x_train.device)], batch_size).cpu()
         chosen.append(idx[pick(feats, ipc)])
     return torch.cat(chosen)
 

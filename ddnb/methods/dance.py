@@ -39,8 +39,8 @@ from ddnb.augment import dsa
 from ddnb.experts import Trajectory, load_params, train_experts
 from ddnb.matching import calibration_loss
 from ddnb.methods import register
-from ddnb.methods.base import (History, RunOptions, build_synset, in_loop_eval, init_synthetic, pixel_bounds,
-                               real_subset, run_loop, seed_iteration, subsample)
+from ddnb.methods.base import build_synset, in_loop_eval, init_synthetic, pixel_bounds, real_subset, subsample
+from ddnb.methods.loop import History, RunOptions, run_loop, seed_iteration
 from ddnb.methods.dm import (ReinitNet, class_seeds, dm_loss, real_class_means, sample_real, syn_by_class,
                              syn_class_means)
 from ddnb.settings import Bool, Choice, Float, Int, Positive, Strategy, Text

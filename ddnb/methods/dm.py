@@ -23,8 +23,8 @@ from torch import Tensor, nn
 
 from ddnb.augment import DSA_STRATEGY, dsa
 from ddnb.methods import register
-from ddnb.methods.base import (History, RunOptions, build_synset, class_images, in_loop_eval, init_synthetic, run_loop,
-                               seed_iteration)
+from ddnb.methods.base import build_synset, class_images, in_loop_eval, init_synthetic
+from ddnb.methods.loop import History, RunOptions, run_loop, seed_iteration
 from ddnb.models import get_model
 from ddnb.sampling import SAMPLER_SETTINGS, SAMPLER_SPEC, make_sampler
 from ddnb.settings import Bool, Choice, Float, Int, Positive, Strategy, Text

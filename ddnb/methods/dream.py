@@ -20,26 +20,23 @@ Registered as "idc" (random sampling, gradient term, random real init), "dream" 
 every piece is a setting, so `distill("idc", ..., sampler="dream")` is DREAM without cluster init.
 Budgets: `paper` = 002 §4.1 with the official code's values; `cpu` and `smoke` shrink the loop
 (iterations, inner loops, sub-clusters, clustering pool, network training) and enlarge the image
-step to match (`lr_img_factor`). The second half of the module holds notebook 03's measurements.
+step to match (`lr_img_factor`). Notebook 03's measurements of these methods are in `ddnb.analysis`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddnb.augment import dsa
 from ddnb.methods import register
-from ddnb.methods.base import (History, RunOptions, build_synset, check_ipc, class_images, encode_per_class,
-                               in_loop_eval, init_synthetic, pixel_bounds, run_loop, seed_iteration, subsample,
-                               variant_entry)
+from ddnb.methods.base import (build_synset, check_ipc, class_images, encode_per_class, in_loop_eval, init_synthetic,
+                               pixel_bounds, subsample, variant_entry)
+from ddnb.methods.loop import History, RunOptions, run_loop, seed_iteration
 from ddnb.models import get_model
-from ddnb.sampling import (SAMPLER_SPEC, DreamSampler, RandomSampler, centre_boundary_split,
-                           coverage, embed_images, make_sampler, per_sample_grad_norms, representatives)
+from ddnb.sampling import SAMPLER_SPEC, make_sampler, representatives
 from ddnb.settings import Choice, Float, Int, Positive, Strategy, Text
 from ddnb.train import RegimeLoss, run_epoch
 from ddnb.utils import resolve_device
@@ -82,13 +79,6 @@ SPEC = dict(arch=Text(), factor=Int(1), batch_real=Int(1), batch_syn_max=Int(1),
             net_batch=Int(1), net_data=Int(0), warmup_data=Int(0, optional=True), cutmix_prob=Float(0, 1),
             eval_seeds=Int(1), eval_epochs=Int(1, optional=True), iterations=Int(0), inner_loops=Int(1),
             match=Choice(*MATCHES), init=Choice(*INITS), **SAMPLER_SPEC)
-# Notebook 03's measurements per budget: in-loop evaluations per run (accuracy curves), steps and
-# real images per class of the sampler trace (Fig. 2b, 1a/5, 8). The distillations use BUDGETS.
-ANALYSIS: dict[str, dict[str, int]] = {
-    "smoke": dict(curve_points=2, trace_steps=6, trace_pool=64),
-    "cpu": dict(curve_points=4, trace_steps=12, trace_pool=1000),
-    "paper": dict(curve_points=12, trace_steps=100, trace_pool=1000),
-}
 
 
 # ---------------------------------------------------------------- settings
@@ -280,120 +270,3 @@ register("dream+", "distill", BUDGETS["dream+"], spec=SPEC, paper=_PAPER,
          summary="DREAM+: DREAM with bidirectional (gradient + mean-feature) matching")(
     variant_entry(_distill, "dream+"))
 
-
-# ---------------------------------------------------------------- analysis (notebook 03)
-
-class MatchingTerms:
-    """A run_loop callback keeping the mean gradient and feature term of every iteration (002 Fig. 6c-d)."""
-
-    def __init__(self) -> None:
-        self.grad: list[float] = []
-        self.feature: list[float] = []
-
-    def __call__(self, it: int, state: dict[str, Any]) -> None:
-        self.grad.append(float(state["grad_term"]))
-        self.feature.append(float(state["feature_term"]))
-
-
-def iterations_to_reach(evals: list[dict[str, Any]], target: float) -> int | None:
-    """The first evaluated iteration whose mean accuracy is >= target (002 Tab. 3 "Iter"), None if none."""
-    for record in sorted(evals, key=lambda r: r["iteration"]):
-        if record["mean"] >= target:
-            return int(record["iteration"])
-    return None
-
-
-def pool_dataset(dataset: Any, n_per_class: int, seed: int = 0) -> tuple[Any, Tensor]:
-    """The dataset restricted to n random training images per class (class-sorted), and their x_train indices."""
-    import dataclasses
-
-    from ddnb.methods.base import real_init_indices
-
-    idx = real_init_indices(dataset, n_per_class, seed).to(dataset.x_train.device)
-    return dataclasses.replace(dataset, x_train=dataset.x_train[idx], y_train=dataset.y_train[idx]), idx
-
-
-@dataclass
-class SamplerTrace:
-    """What `sampler_trace` recorded: per step and class, each sampler's batch and its MMD to the class."""
-
-    pool: Any
-    pool_indices: Tensor
-    mmd: dict[str, np.ndarray]
-    selections: dict[str, Tensor]
-    features: Tensor
-    net: nn.Module
-    interval: int
-
-
-def sampler_trace(dataset: Any, *, steps: int = 20, batch_size: int = 32, interval: int = 5, pool: int = 200,
-                  arch: str = "convnet3", warmup_data: int = 1000, net_data: int = 256, seed: int = 0,
-                  device: Any = None) -> SamplerTrace:
-    """Random vs DREAM batches along a network's training on real data, with their MMD to the whole class (Fig. 2b).
-
-    A fresh network trains on `warmup_data` real images, then for each step: every class's pool
-    (`pool` images per class) is embedded, each sampler picks its batch from the pool (DREAM
-    re-clusters every `interval` steps), the squared MMD between batch and pool embeddings is
-    recorded (Gaussian kernels at the class's median distance x 0.25..4), and the network trains
-    on `net_data` more real images, as IDC's inner loop does.
-    """
-    from ddnb.analysis import real_bandwidths
-    from ddnb.matching import mmd2
-
-    dev = resolve_device(device)
-    data = dataset.to(dev)
-    sub, idx = pool_dataset(data, pool, seed)
-    samplers = {"random": RandomSampler(sub, batch_size, seed=seed),
-                "dream": DreamSampler(sub, batch_size, interval=interval, seed=seed)}
-    s = {**_COMMON, "arch": arch}
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    net, opt = network_and_optimizer(arch, data, s, dev)
-    train_on_real(net, opt, data, warmup_data, s["net_batch"], s["cutmix_prob"], g)
-    k = data.num_classes
-    mmd = {name: np.zeros((steps, k)) for name in samplers}
-    selections = {name: torch.zeros((steps, k, batch_size), dtype=torch.long) for name in samplers}
-    for t in range(steps):
-        feats = embed_images(net, sub.x_train)
-        for sampler in samplers.values():
-            sampler.bind(net)
-        for c, cls_idx in enumerate(sub.class_indices()):
-            fc = feats[cls_idx.to(feats.device)].double()
-            bandwidths = real_bandwidths(fc)
-            for name, sampler in samplers.items():
-                sel = sampler.select(c, t).cpu()
-                selections[name][t, c] = sel
-                mmd[name][t, c] = float(mmd2(feats[sel.to(feats.device)].double(), fc, bandwidths=bandwidths))
-        train_on_real(net, opt, data, net_data, s["net_batch"], s["cutmix_prob"], g)
-    return SamplerTrace(sub, idx.cpu(), mmd, selections, embed_images(net, sub.x_train).cpu(), net, interval)
-
-
-def gradient_norm_groups(trace: SamplerTrace, frac: float = 0.25, classes: list[int] | None = None
-                         ) -> dict[str, np.ndarray]:
-    """Per-sample gradient norms under the trace's final network: class centre vs boundary, DREAM vs random batch.
-
-    centre / boundary: the `frac` of each class's pool nearest / farthest from the class mean
-    embedding; dream / random: the samples each sampler picked at the last step (002 Fig. 1a, 5).
-    """
-    pool, groups = trace.pool, {"centre": [], "boundary": [], "dream": [], "random": []}
-    last = trace.selections["dream"].shape[0] - 1
-    for c in classes if classes is not None else range(pool.num_classes):
-        cls_idx = pool.class_indices()[c].cpu()
-        y = pool.y_train[cls_idx.to(pool.y_train.device)]
-        norms = per_sample_grad_norms(trace.net, pool.x_train[cls_idx.to(pool.x_train.device)], y).cpu()
-        by_global = dict(zip(cls_idx.tolist(), norms.tolist()))
-        centre, boundary = centre_boundary_split(trace.features[cls_idx], frac)
-        groups["centre"] += norms[centre].tolist()
-        groups["boundary"] += norms[boundary].tolist()
-        for name in ("dream", "random"):
-            groups[name] += [by_global[i] for i in trace.selections[name][last, c].tolist()]
-    return {name: np.asarray(v) for name, v in groups.items()}
-
-
-def class_coverage(net: nn.Module, pool: Any, synset: Any) -> float:
-    """Mean over classes of `coverage`: distance from each real pool image to the nearest synthetic one of its class."""
-    images, labels = synset.decoded()
-    real_feats, syn_feats = embed_images(net, pool.x_train), embed_images(net, images)
-    labels, real_labels = labels.to(syn_feats.device), pool.y_train.to(real_feats.device)
-    return float(np.mean([coverage(real_feats[real_labels == c], syn_feats[labels == c])
-                          for c in range(pool.num_classes)]))

@@ -31,8 +31,8 @@ from torch.func import functional_call
 from ddnb.augment import DSA_STRATEGY, dsa, factor_decode, factor_encode, factor_labels
 from ddnb.matching import trajectory_loss
 from ddnb.methods import register
-from ddnb.methods.base import (History, RunOptions, build_synset, check_ipc, in_loop_eval,
-                               init_synthetic, real_subset, run_loop, seed_iteration, variant_entry)
+from ddnb.methods.base import build_synset, check_ipc, in_loop_eval, init_synthetic, real_subset, variant_entry
+from ddnb.methods.loop import History, RunOptions, run_loop, seed_iteration
 from ddnb.models import get_model
 from ddnb.settings import Choice, Float, Int, Positive, Strategy, Text
 from ddnb.utils import resolve_device
