@@ -307,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         print("\nddnb: error: no command given; pick one of the commands above", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     try:
         return args.func(args)
     except USER_ERRORS as exc:
