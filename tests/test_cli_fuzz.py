@@ -36,7 +36,7 @@ BAD_OUT = [("{folder}", "is a folder"), ("{notes}/x.safetensors", "is a file, no
 BAD_SETS = ["lr_img=nan", "lr_img=NaN", "lr_img=Infinity", "lr_img=-1", "lr_img=abc", "lr_img=true", "lr_img=null",
             "momentum=abc", "momentum=2", "iterations=-1", "iterations=1.5", "iterations=abc", "factor=1.5", "factor=0",
             "init=nosuch", "dsa_strategy=nosuch", "channels_last=yes", "batch_real=0", "nosuch=1",
-            "callback=1", "out_dir=x", "resume=true", "checkpoint_every=0", "eval_every=-1"]
+            "callback=1", "out_dir={tmp}/ckpts", "resume=true", "checkpoint_every=0", "eval_every=-1"]
 
 
 def _row(argv: list[str], names: str, out: str | None = None) -> tuple[list[str], str, str | None]:
