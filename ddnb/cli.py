@@ -1,9 +1,11 @@
 """The `ddnb` command: list datasets and methods, select, distill, evaluate, run notebooks.
 
 A thin layer over the same functions the notebooks call. A user mistake (unknown name, missing
-file, IPC larger than a class, unknown setting) ends with exit status 2 and one line
-`ddnb: error: ...` on stderr; anything else is a bug and keeps its traceback.  `ddnb` alone prints
-the commands, one line each, and exits 2.
+file, IPC larger than a class, unknown setting, bad option value, unwritable --out) ends with exit
+status 2 and one line `ddnb: error: ...` on stderr; a run stopped because its loss or images became
+NaN/inf ends with exit status 3 and one line naming the iteration and the last good checkpoint;
+anything else is a bug and keeps its traceback.  `ddnb` alone prints the commands, one line each,
+and exits 2.
 """
 from __future__ import annotations
 
@@ -12,11 +14,14 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 from ddnb import __version__
 
 USER_ERRORS = (ValueError, FileNotFoundError)  # what ddnb raises for a user mistake; a KeyError is a bug
+EXIT_USER_ERROR = 2
+EXIT_NAN_STOP = 3  # a run stopped on a non-finite loss or state (FloatingPointError): a known outcome, not a bug
+CLI_RUN_OPTIONS = ("checkpoint_every", "eval_every")  # run options `ddnb distill --set` may change
 
 
 def parse_value(text: str) -> Any:
@@ -88,11 +93,14 @@ def cmd_select(args: argparse.Namespace) -> int:
     """`ddnb select`: pick real images with a selection method and save them as a SyntheticSet."""
     from ddnb.data import load_dataset
     from ddnb.methods import get_method, select
+    from ddnb.synset import check_set_destination
+    from ddnb.utils import check_writable
 
     get_method(args.method, "select")  # an unknown name fails before the dataset is loaded
+    out = check_set_destination(check_writable(args.out, "--out"), overwrite=args.overwrite)
     data = load_dataset(args.dataset, root=args.root, device=args.device)
     synset, indices = select(args.method, data, args.ipc, seed=args.seed, device=args.device)
-    synset.save(args.out)
+    synset.save(out)
     _out(f"saved {len(indices)} images ({args.method}, {args.dataset}, ipc {args.ipc}, seed {args.seed}) "
          f"to {args.out}")
     return 0
@@ -101,11 +109,21 @@ def cmd_select(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     """`ddnb eval`: train fresh models on a saved set and report test accuracy over seeds."""
     from ddnb.data import load_dataset
+    from ddnb.models import get_model
+    from ddnb.settings import Int, require
     from ddnb.synset import SyntheticSet
     from ddnb.train import evaluate_synset
 
+    require("--seeds", args.seeds, Int(1))
+    if args.epochs is not None:
+        require("--epochs", args.epochs, Int(1))
     synset = SyntheticSet.load(args.file)
     data = load_dataset(synset.dataset, root=args.root, device=args.device)
+    c, h, _ = data.image_shape
+    try:  # an unknown or unfitting model fails before training starts
+        get_model(args.arch, c, data.num_classes, h)
+    except ValueError as exc:
+        raise ValueError(f"--arch {args.arch!r}: {exc}") from exc
     res = evaluate_synset(synset, data, arch=args.arch, seeds=args.seeds, epochs=args.epochs,
                           dsa=True if args.dsa else None, protocol=args.protocol, device=args.device,
                           progress=not args.quiet)
@@ -129,6 +147,15 @@ def checkpoint_dir(out: str | Path) -> Path:
     return Path(out).with_suffix(".checkpoints")
 
 
+def check_checkpoint_dir(folder: Path) -> Path:
+    """`folder` when checkpoints can be written there (new, or an existing folder), else ValueError."""
+    from ddnb.utils import check_writable
+
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--checkpoint-dir {str(folder)!r} is a file; give a folder for the checkpoints")
+    return check_writable(folder, "--checkpoint-dir")
+
+
 def cmd_distill(args: argparse.Namespace) -> int:
     """`ddnb distill`: run a distillation method under a budget; save the set and its History.
 
@@ -137,13 +164,15 @@ def cmd_distill(args: argparse.Namespace) -> int:
     """
     from ddnb.data import load_dataset
     from ddnb.locks import output_lock
-    from ddnb.methods import distill, get_method
+    from ddnb.methods import distill, get_method, resolve_budget
     from ddnb.synset import check_set_destination
-    from ddnb.utils import remove_stale_temps
+    from ddnb.utils import check_writable, remove_stale_temps
 
     settings = parse_settings(args.set or [])
-    get_method(args.method, "distill")  # an unknown name fails before the dataset is loaded
-    out, folder = Path(args.out), Path(args.checkpoint_dir or checkpoint_dir(args.out))
+    info = get_method(args.method, "distill")  # an unknown name or setting fails before any work
+    resolve_budget(info, args.budget, {k: v for k, v in settings.items() if k not in CLI_RUN_OPTIONS})
+    out = check_set_destination(check_writable(args.out, "--out"), overwrite=args.overwrite)
+    folder = check_checkpoint_dir(Path(args.checkpoint_dir or checkpoint_dir(args.out)))
     with output_lock(out), output_lock(folder):
         check_set_destination(out, overwrite=args.overwrite)
         remove_stale_temps(out.parent, [out.name, history_path(out).name])
@@ -174,14 +203,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def device_name(text: str) -> str:
-    """A --device value, checked to be a torch device string so that a typo is a usage error, not a traceback."""
-    import torch
+    """A --device value, checked by `resolve_device` (a device that is here) so that a typo is a usage error."""
+    from ddnb.utils import resolve_device
 
     try:
-        torch.device(text)
-    except RuntimeError as err:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a device; allowed: cpu, cuda, cuda:N, mps") from err
+        resolve_device(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
     return text
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a usage mistake reported as one `ddnb: error:` line that points to --help (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print `ddnb: error: MESSAGE; see `PROG --help`` on stderr and exit 2."""
+        self.exit(EXIT_USER_ERROR, f"ddnb: error: {_one_line(message)}; see `{self.prog} --help`\n")
 
 
 def _add_common(p: argparse.ArgumentParser, *, seed: bool = False, device: bool = True) -> None:
@@ -196,7 +233,7 @@ def _add_common(p: argparse.ArgumentParser, *, seed: bool = False, device: bool 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `ddnb` and its subcommands."""
-    parser = argparse.ArgumentParser(prog="ddnb", description="Notebook-first dataset distillation.")
+    parser = Parser(prog="ddnb", description="Notebook-first dataset distillation.")
     parser.add_argument("--version", action="version", version=f"ddnb {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
 
@@ -214,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, help="dataset name (see `ddnb datasets`)")
     p.add_argument("--ipc", type=int, required=True, help="images per class")
     p.add_argument("--out", required=True, help="file to save the selected set to (.safetensors)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out even when it is not a ddnb set")
     _add_common(p, seed=True)
     p.set_defaults(func=cmd_select)
 
@@ -237,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", default="cpu", help="named budget: smoke, cpu or paper (default cpu)")
     p.add_argument("--out", required=True, help="file to save the set to; the history goes beside it")
     p.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
-                   help="override one setting of the budget (values parsed as JSON when possible)")
+                   help="override one setting of the budget, or checkpoint_every / eval_every "
+                        "(values parsed as JSON when possible)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the checkpoint folder")
     p.add_argument("--checkpoint-dir", default=None,
                    help="folder for checkpoints (default: FILE without its suffix + .checkpoints)")
@@ -257,8 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line(exc: BaseException) -> str:
-    """An exception's message on one line: its lines joined by '; '."""
+def _one_line(exc: BaseException | str) -> str:
+    """An exception's message (or a text) on one line: its lines joined by '; '."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     joined = "".join(f"{line}{' ' if line.endswith(':') else '; '}" for line in lines)
     return joined.rstrip("; ") or type(exc).__name__
@@ -271,12 +310,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         print("\nddnb: error: no command given; pick one of the commands above", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     try:
         return args.func(args)
     except USER_ERRORS as exc:
         print(f"ddnb: error: {_one_line(exc)}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
+    except FloatingPointError as exc:  # the NaN stop of a run: its message names the iteration and last checkpoint
+        print(f"ddnb: error: run stopped: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_NAN_STOP
     except BrokenPipeError:  # the reader went away (`ddnb methods | head`): stop quietly, as other tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1

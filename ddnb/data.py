@@ -45,7 +45,7 @@ from torch import Tensor
 
 from ddnb.loaders import (DIGIT_CLASSES, FASHION_CLASSES, IDX_FILES, load_cifar10, load_cifar100, load_idx_folder,
                           load_svhn, load_tinyimagenet, missing_files, missing_idx)
-from ddnb.settings import Float, Int, require
+from ddnb.settings import Float, Seed, require
 from ddnb.utils import resolve_device
 
 FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
@@ -212,7 +212,9 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, device: str |
     """Load a dataset by name, normalized, on `device`; optionally carve a stratified validation split."""
     key = canonical_name(name)
     require("val_fraction", val_fraction, Float(0, 1, high_open=True))
-    require("seed", seed, Int(0))
+    require("seed", seed, Seed())
+    check_root(root)
+    resolve_device(device)
     data = _load_digits() if key == "digits" else _load_from_disk(key, root)
     if val_fraction > 0:
         data = _with_validation(data, val_fraction, seed)
@@ -221,6 +223,7 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, device: str |
 
 def list_datasets(root: str | os.PathLike | None = None) -> list[dict]:
     """Every known dataset, whether it is available, where it was found and every place looked at."""
+    check_root(root)
     rows = [{"name": "digits", "available": True, "path": "sklearn",
              "places": ["sklearn.datasets.load_digits (embedded)"]}]
     for key in DATASET_NAMES[1:]:
@@ -228,6 +231,25 @@ def list_datasets(root: str | os.PathLike | None = None) -> list[dict]:
         rows.append({"name": key, "available": found is not None,
                      "path": None if found is None else str(found), "places": [str(p.path) for p in places]})
     return rows
+
+
+def check_root(root: str | os.PathLike | None) -> None:
+    """ValueError unless `root` is None or a folder path (one that does not exist yet is listed where a
+    dataset is not found); a file is not a folder."""
+    if root is None:
+        return
+    if not isinstance(root, (str, os.PathLike)):
+        raise ValueError(f"root must be a folder path, got {type(root).__name__} {root!r}")
+    if Path(root).expanduser().exists() and not Path(root).expanduser().is_dir():
+        raise ValueError(f"root {str(root)!r} is a file; give the folder to look for datasets in")
+
+
+def require_dataset(value: object, name: str = "dataset") -> Dataset:
+    """`value` when it is a loaded Dataset, else ValueError naming what was given and how to get one."""
+    if not isinstance(value, Dataset):
+        shown = repr(value) if isinstance(value, (str, int, float, type(None))) else type(value).__name__
+        raise ValueError(f"{name} must be a ddnb Dataset (e.g. ddnb.load_dataset('digits')), got {shown}")
+    return value
 
 
 def canonical_name(name: str) -> str:

@@ -12,6 +12,7 @@ import math
 import platform
 import re
 import time
+import warnings
 from importlib import metadata
 from numbers import Real
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import numpy as np
 
-from ddnb.utils import TEMP_RE, atomic_save_json
+from ddnb.utils import TEMP_RE, atomic_save_json, check_writable
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -167,6 +168,9 @@ def run_notebook(notebook: str | Path, params: Mapping[str, Any] | None, out_dir
     out = Path(out_dir).resolve()
     defaults = notebook_parameters(path)
     _check_params(path, params, defaults, out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output folder {str(out)!r} is a file; give a folder (new or empty)")
+    check_writable(out, "output folder")
     with output_lock(out):
         _clear_output(out, overwrite)
         out.mkdir(parents=True, exist_ok=True)
@@ -273,12 +277,30 @@ def _check_params(path: Path, params: Mapping[str, Any], defaults: Mapping[str, 
 
 
 def _existing_notebook(notebook: str | Path) -> Path:
-    """The notebook's resolved path, or FileNotFoundError naming it."""
+    """The resolved path of a readable, valid notebook; FileNotFoundError or ValueError naming it otherwise."""
+    import nbformat
+
     path = Path(notebook).resolve()
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"notebook {str(notebook)!r} does not exist")
+    if not path.is_file():
+        raise ValueError(f"notebook {str(notebook)!r} is a folder, not a .ipynb file")
     if path.suffix != ".ipynb":
         raise ValueError(f"notebook {str(notebook)!r} is not a .ipynb file")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"notebook {str(notebook)!r} is not a notebook: not JSON ({exc})") from exc
+    cells = doc.get("cells") if isinstance(doc, dict) else None
+    if not isinstance(cells, list) or not all(isinstance(c, dict) for c in cells):
+        raise ValueError(f"notebook {str(notebook)!r} is not a notebook: it needs a list of cells")
+    try:
+        with warnings.catch_warnings():  # nbformat's advice on cell ids is no concern of the user's
+            warnings.simplefilter("ignore")
+            nbformat.validate(nbformat.reads(json.dumps(doc), as_version=4))
+    except (ValueError, nbformat.ValidationError) as exc:
+        reason = str(getattr(exc, "message", exc)).splitlines()[0]
+        raise ValueError(f"notebook {str(notebook)!r} is not a valid notebook: {reason}") from exc
     return path
 
 

@@ -58,11 +58,12 @@ class Spec:
         elif self.kind == "strategy":
             text = f"{'true, false or ' if self.bool_ok else ''}a DSA strategy such as 'color_crop_cutout'"
         else:
+            fmt = "d" if self.kind == "int" else "g"  # an int bound in full: 9223372036854775807, not 9.22337e+18
             bounds = []
             if self.low is not None:
-                bounds.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+                bounds.append(f"{'>' if self.low_open else '>='} {self.low:{fmt}}")
             if self.high is not None:
-                bounds.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+                bounds.append(f"{'<' if self.high_open else '<='} {self.high:{fmt}}")
             noun = "an int" if self.kind == "int" else "a finite number"
             text = " ".join([noun, " and ".join(bounds)]) if bounds else noun
         return f"None or {text}" if self.optional else text
@@ -71,6 +72,11 @@ class Spec:
 def Int(low: int | None = 0, high: int | None = None, *, optional: bool = False) -> Spec:
     """An int setting in [low, high] (bool is not an int here)."""
     return Spec("int", low, high, optional=optional)
+
+
+def Seed() -> Spec:
+    """A random seed: an int in [0, 2**63 - 1] (what torch.manual_seed and numpy accept alike)."""
+    return Int(0, 2**63 - 1)
 
 
 def Float(low: float | None = None, high: float | None = None, *, low_open: bool = False, high_open: bool = False,

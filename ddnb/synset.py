@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import numbers
 import os
 import struct
 import warnings
@@ -23,7 +24,7 @@ import safetensors.torch
 import torch
 from torch import Tensor
 
-from ddnb.utils import atomic_write_bytes, git_sha
+from ddnb.utils import atomic_write_bytes, git_sha, resolve_device
 
 if TYPE_CHECKING:
     from ddnb.data import Dataset
@@ -91,7 +92,7 @@ class SyntheticSet:
     label_kind: str | None = None  # None: inferred by infer_label_kind
 
     def __post_init__(self) -> None:
-        self.image_shape = tuple(int(s) for s in self.image_shape)  # type: ignore[assignment]
+        self.image_shape = _check_image_shape(self.image_shape)
         self._check_scalars()
         self._check_images()
         self.label_kind = self._check_labels()
@@ -103,8 +104,6 @@ class SyntheticSet:
             raise ValueError(f"dataset must be a non-empty dataset name, got {self.dataset!r}")
         if not isinstance(self.num_classes, int) or self.num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {self.num_classes!r}")
-        if len(self.image_shape) != 3 or min(self.image_shape) < 1:
-            raise ValueError(f"image_shape must be (C, H, W) with positive sizes, got {self.image_shape}")
         if not isinstance(self.factor, int) or self.factor < 1:
             raise ValueError(f"factor must be a positive int (1 = no IDC factoring), got {self.factor!r}")
         if not isinstance(self.provenance, dict):
@@ -201,6 +200,7 @@ class SyntheticSet:
 
     def to(self, device: str | torch.device) -> SyntheticSet:
         """A copy with images and labels on `device` (same provenance)."""
+        device = resolve_device(device)
         return SyntheticSet(self.images.to(device), self.labels.to(device), self.dataset, self.num_classes,
                             self.image_shape, self.factor, dict(self.provenance), self.label_kind)
 
@@ -243,10 +243,47 @@ class SyntheticSet:
         if missing or not keys <= set(meta):
             raise ValueError(f"{path}: SyntheticSet file lacks {sorted(missing | (keys - set(meta)))}")
         try:
+            _check_stored_images(tensors["images"])
             return cls(tensors["images"], tensors["labels"], meta["dataset"], meta["num_classes"],
-                       tuple(meta["image_shape"]), meta["factor"], meta["provenance"], meta["label_kind"])
+                       meta["image_shape"], meta["factor"], meta["provenance"], meta["label_kind"])
         except ValueError as exc:
             raise ValueError(f"{path}: stored SyntheticSet is invalid: {exc}") from exc
+
+
+def _check_image_shape(shape: Any) -> tuple[int, int, int]:
+    """`shape` as a (C, H, W) tuple of positive ints, else ValueError naming it (8.5, True or "abc" are no size)."""
+    sizes = list(shape) if isinstance(shape, (tuple, list, torch.Size)) else None
+    if sizes is None or len(sizes) != 3 or not all(
+            isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 1 for n in sizes):
+        raise ValueError(f"image_shape must be (C, H, W): three positive ints, got {shape!r}")
+    return tuple(int(n) for n in sizes)  # type: ignore[return-value]
+
+
+def _check_stored_images(images: Tensor) -> None:
+    """ValueError unless stored images are a non-empty float32 tensor of finite pixels (what ddnb saves)."""
+    if images.dtype != torch.float32:
+        raise ValueError(f"images are {images.dtype}; ddnb sets hold float32 pixels")
+    if images.dim() >= 1 and images.shape[0] == 0:
+        raise ValueError("it holds 0 images; a set needs at least one")
+    bad = int((~torch.isfinite(images)).sum())
+    if bad:
+        raise ValueError(f"{bad} of its {images.numel()} pixel values are NaN or inf")
+
+
+def require_synset(value: Any, dataset: Dataset | None = None) -> SyntheticSet:
+    """`value` when it is a SyntheticSet (made for `dataset`: same name, image shape and classes, when
+    given), else ValueError naming what was given."""
+    if not isinstance(value, SyntheticSet):
+        shown = repr(value) if isinstance(value, (str, os.PathLike, int, float, type(None))) else type(value).__name__
+        raise ValueError(f"synset must be a SyntheticSet (e.g. SyntheticSet.load(path) or the first result of "
+                         f"ddnb.distill), got {shown}")
+    if dataset is not None and (value.dataset, value.image_shape, value.num_classes) != (
+            dataset.name, tuple(dataset.image_shape), dataset.num_classes):
+        raise ValueError(f"synthetic set is for {value.dataset!r} {value.image_shape} with {value.num_classes} "
+                         f"classes, "
+                         f"but the data is {dataset.name!r} {tuple(dataset.image_shape)} with "
+                         f"{dataset.num_classes} classes")
+    return value
 
 
 # --------------------------------------------------------------------- file format
@@ -325,9 +362,14 @@ def is_ddnb_file(path: str | os.PathLike, kind: str) -> bool:
 
 def load_tensor_file(path: str | os.PathLike, kind: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Read a file written by save_tensor_file: (tensors on CPU, meta), checking kind, size and checksum."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"path must be a file path, got {type(path).__name__} {path!r}")
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"{path} does not exist (expected a {kind} .safetensors file)")
+    if not path.is_file():
+        what = "a folder" if path.is_dir() else "not a regular file"
+        raise ValueError(f"{path} is {what}; give the path of a {kind} .safetensors file")
     data = path.read_bytes()
     header = _read_header(path, data, kind)
     try:
@@ -351,10 +393,14 @@ def load_tensor_file(path: str | os.PathLike, kind: str) -> tuple[dict[str, Tens
 
 def check_set_destination(path: str | os.PathLike, overwrite: bool = False) -> Path:
     """`path` as a Path when a set may be saved there: nothing there yet, a ddnb set (replaced), or any
-    other file when `overwrite`; otherwise a ValueError naming it (a folder is never replaced)."""
+    other regular file when `overwrite`; otherwise a ValueError naming it (a folder, a device such as
+    /dev/null or a pipe is never replaced)."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path} is a folder; give the path of the .safetensors file to save the set to")
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{path} is not a regular file (a device or a pipe) and is never replaced; "
+                         f"give the path of the .safetensors file to save the set to")
     if path.exists() and not overwrite and not is_ddnb_file(path, FILE_KIND):
         raise ValueError(f"{path} exists and is not a ddnb set; pass --overwrite (overwrite=True) to replace it, "
                          f"or choose another path")

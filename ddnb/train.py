@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ddnb.synset import infer_label_kind
+from ddnb.data import require_dataset
+from ddnb.synset import infer_label_kind, require_synset
 from ddnb.utils import resolve_device
 
 if TYPE_CHECKING:
@@ -375,10 +376,8 @@ def evaluate_synset(
     """
     from ddnb.models import get_model
 
+    require_synset(synset, require_dataset(dataset))
     settings = chosen_protocol(synset, protocol, epochs, dsa, overrides)
-    if synset.dataset != dataset.name or tuple(synset.image_shape) != tuple(dataset.image_shape):
-        raise ValueError(f"synthetic set is for {synset.dataset!r} {synset.image_shape}, but the test data is "
-                         f"{dataset.name!r} {tuple(dataset.image_shape)}")
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seed_list:
         raise ValueError(f"seeds must be a positive count or a non-empty list, got {seeds!r}")

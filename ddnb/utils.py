@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ddnb.settings import Seed, require
+
 log = logging.getLogger(__name__)
 
 
@@ -23,22 +25,73 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _allowed_devices() -> str:
+    """The devices this machine has, in words (for error messages)."""
+    allowed = ["cpu"]
+    if torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        allowed += ["cuda", "cuda:0" if n == 1 else f"cuda:0 .. cuda:{n - 1}"]
+    if torch.backends.mps.is_available():
+        allowed.append("mps")
+    return ", ".join(allowed)
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """Turn None / a name into a torch.device, with a clear error for a device that is not here."""
-    dev = torch.device(device if device is not None else default_device())
+    """None (ddnb's default) or a device name -> a torch.device that is here; ValueError naming the value
+    and the devices allowed otherwise (a typo, a device type ddnb does not run on, a GPU that is not here)."""
+    if device is None:
+        return torch.device(default_device())
+    allowed = f"allowed: {_allowed_devices()}"
+    if not isinstance(device, (str, torch.device)):
+        raise ValueError(f"device must be a name such as 'cpu' or 'cuda:0' (or a torch.device), got "
+                         f"{type(device).__name__} {device!r}; {allowed}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(f"device {str(device)!r} is not a device name; {allowed}") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} was asked for but CUDA is not available; use 'cpu'")
+        raise ValueError(f"device {str(device)!r} was asked for but CUDA is not available here; {allowed}")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {str(device)!r} was asked for but this machine has "
+                         f"{torch.cuda.device_count()} GPU(s); {allowed}")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {str(device)!r} was asked for but MPS is not available here; {allowed}")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {str(device)!r} is not one ddnb runs on; {allowed}")
     return dev
 
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch, and return a CPU generator seeded the same way."""
-    if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    require("seed", seed, Seed())
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
+    """`path` as a Path when a file or folder can be created there, else ValueError saying why.
+
+    Probes the nearest existing folder on the way to `path` (an existing `path` itself when it is
+    a folder) by creating and removing a temp file in it, so that a run fails before its work,
+    not after it.
+    """
+    if not os.fspath(path):
+        raise ValueError(f"{what} path is empty; give a file or folder path")
+    path = Path(path)
+    existing = next(p for p in (path, *path.parents) if p.exists() or p == Path(p.anchor or "."))
+    if existing != path and not existing.is_dir():
+        raise ValueError(f"{what} {str(path)!r} cannot be created: {str(existing)!r} is a file, not a folder")
+    folder = existing if existing.is_dir() else existing.parent
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".ddnb-write-check.", suffix=".tmp")
+    except OSError as exc:
+        raise ValueError(f"{what} {str(path)!r} cannot be written: {str(folder)!r} is not writable "
+                         f"({exc.strerror or exc})") from exc
+    os.close(fd)
+    os.unlink(probe)
+    return path
 
 
 def _file_mode() -> int:
@@ -49,8 +102,14 @@ def _file_mode() -> int:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write bytes so that a crash never leaves a half-written file: temp file, then rename."""
+    """Write bytes so that a crash never leaves a half-written file: temp file, then rename.
+
+    Only a regular file is replaced: a folder, a device (/dev/null) or a pipe at `path` is a ValueError.
+    """
     path = Path(path)
+    if path.exists() and not path.is_file():
+        what = "a folder" if path.is_dir() else "not a regular file (a device or a pipe)"
+        raise ValueError(f"{path} is {what} and is never replaced by a file; give a file path")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -118,8 +118,7 @@ def test_unknown_names_are_one_line_errors(capsys, tmp_path, argv, words):
 def test_a_malformed_device_is_a_usage_error(capsys, tmp_path):
     code, _, err = run_main(capsys, "select", "random", "--dataset", "digits", "--ipc", "1", "--device", "nodev",
                             "--out", str(tmp_path / "x.safetensors"))
-    assert code == 2 and "Traceback" not in err and err.startswith("usage: ddnb select")
-    assert "--device" in err.splitlines()[-1] and "nodev" in err.splitlines()[-1]
+    assert_one_line_error(code, err, "--device", "'nodev'", "allowed: cpu", "ddnb select --help")
 
 
 @pytest.mark.parametrize("option, value", [("--arch", "nosuch"), ("--protocol", "nosuch")])
@@ -319,3 +318,48 @@ def test_a_closed_pipe_ends_quietly():
     # `ddnb methods | head -1`: the reader leaves early; no BrokenPipeError traceback on stderr
     proc = subprocess.run(f"{sys.executable} -m ddnb methods | head -1", shell=True, capture_output=True, text=True)
     assert proc.stdout.count("\n") == 1 and "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
+
+
+def test_a_nan_stop_is_one_line_with_the_iteration_and_last_checkpoint_exit_3(capsys, tmp_path):
+    out = tmp_path / "nan.safetensors"
+    code, stdout, err = run_main(capsys, "distill", "dm", "--dataset", "digits", "--ipc", "1", "--budget", "smoke",
+                                 "--set", "lr_img=1e38", "checkpoint_every=1", "--device", "cpu", "--out", str(out))
+    errors = [line for line in err.splitlines() if line.startswith("ddnb: error:")]
+    assert code == cli.EXIT_NAN_STOP == 3 and stdout == "" and "Traceback" not in err
+    assert len(errors) == 1 and errors[0].startswith("ddnb: error: run stopped: dm: ")
+    assert " at iteration " in errors[0] and "last good checkpoint: " in errors[0]
+    last = errors[0].rsplit("last good checkpoint: ", 1)[1]
+    assert Path(last).parent == tmp_path / "nan.checkpoints" and Path(last).is_file()
+    assert not out.exists()  # no set is saved from a run that diverged
+
+
+def test_select_refuses_to_replace_a_file_that_is_not_a_set(capsys, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    code, _, err = run_main(capsys, "select", "random", "--dataset", "digits", "--ipc", "1", "--device", "cpu",
+                            "--out", str(notes))
+    assert_one_line_error(code, err, str(notes), "is not a ddnb set", "--overwrite")
+    assert notes.read_text() == "mine"
+    code, _, _ = run_main(capsys, "select", "random", "--dataset", "digits", "--ipc", "1", "--device", "cpu",
+                          "--out", str(notes), "--overwrite")
+    assert code == 0 and SyntheticSet.load(notes).n_stored == 10
+
+
+def test_an_unwritable_out_fails_before_the_run(capsys, tmp_path, monkeypatch):
+    from ddnb.methods import get_method
+
+    def reached(*args, **kwargs):
+        """Stands in for the distillation: reaching it means --out was checked too late."""
+        raise AssertionError("the run started although --out cannot be written")
+
+    monkeypatch.setattr(get_method("dm"), "fn", reached)
+    for out, words in (("/proc/ddnb_test/x.safetensors", "'/proc' is not writable"),
+                       ("/sys/x.safetensors", "'/sys' is not writable")):
+        code, _, err = run_main(capsys, "distill", "dm", "--dataset", "digits", "--ipc", "1", "--budget", "smoke",
+                                "--out", out)
+        assert_one_line_error(code, err, f"--out {out!r} cannot be written", words)
+
+
+def test_eval_of_a_folder_says_it_is_a_folder(capsys, tmp_path):
+    code, _, err = run_main(capsys, "eval", str(tmp_path), "--seeds", "1", "--device", "cpu")
+    assert_one_line_error(code, err, f"{tmp_path} is a folder; give the path of a ddnb.SyntheticSet")

@@ -174,6 +174,32 @@ def test_run_notebook_validates_before_running(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("content, words", [
+    ("not json", "is not a notebook: not JSON"), ("", "not JSON"), ('{"cells": 5}', "needs a list of cells"),
+    ("[]", "needs a list of cells"), ("{}", "needs a list of cells"),
+    ('{"cells": [{}], "nbformat": 4, "nbformat_minor": 5, "metadata": {}}', "is not a valid notebook"),
+])
+def test_a_file_that_is_no_notebook_is_named_before_running(tmp_path, content, words):
+    path = tmp_path / "bad.ipynb"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=words):
+        runs.run_notebook(path, {}, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_as_notebook_and_an_unwritable_output_folder(tmp_path):
+    (tmp_path / "dir.ipynb").mkdir()
+    with pytest.raises(ValueError, match="is a folder, not a .ipynb file"):
+        runs.run_notebook(tmp_path / "dir.ipynb", {}, tmp_path / "out")
+    nb = _notebook(tmp_path / "p.ipynb", "1")
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(ValueError, match="'.*file' is a file, not a folder"):
+        runs.run_notebook(nb, {}, tmp_path / "file" / "out")
+    with pytest.raises(ValueError, match="'/proc' is not writable"):
+        runs.run_notebook(nb, {}, "/proc/ddnb_test_run")
+    assert (tmp_path / "file").read_text() == "mine"
+
+
 def test_run_notebook_that_dies_before_writing_results(tmp_path):
     nb = _notebook(tmp_path / "dies.ipynb",
                    "from pathlib import Path\n(Path(output_dir) / 'partial.txt').write_text(str(x))",

@@ -169,3 +169,58 @@ def test_old_format_set_loads_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match=r"old\.safetensors.*format 1.*metadata"):
         back = SyntheticSet.load(path)
     assert back.images.equal(s.images) and back.num_classes == 3
+
+
+def _craft(path, images, labels, **meta):
+    """A set file with a valid checksum but the given content (a buggy writer's or an attacker's)."""
+    from ddnb.synset import FILE_KIND, save_tensor_file
+
+    record = {"dataset": "digits", "num_classes": 10, "image_shape": [1, 8, 8], "factor": 1, "label_kind": "hard",
+              "provenance": {}, **meta}
+    return save_tensor_file(path, {"images": images, "labels": labels}, record, FILE_KIND)
+
+
+@pytest.mark.parametrize("images, meta, words", [
+    (torch.full((10, 1, 8, 8), float("nan")), {}, "640 of its 640 pixel values are NaN or inf"),
+    (torch.cat([torch.full((1, 1, 8, 8), float("inf")), torch.zeros(9, 1, 8, 8)]), {}, "64 of its 640 pixel"),
+    (torch.zeros(0, 1, 8, 8), {}, "0 images"),
+    (torch.zeros(10, 1, 8, 8, dtype=torch.float64), {}, "torch.float64; ddnb sets hold float32"),
+    (torch.zeros(10, 1, 8, 8, dtype=torch.int64), {}, "torch.int64"),
+    (torch.zeros(10, 1, 8, 8), {"image_shape": [1, 8]}, "three positive ints, got [1, 8]"),
+    (torch.zeros(10, 1, 8, 8), {"image_shape": [1, 8, 8.5]}, "got [1, 8, 8.5]"),
+    (torch.zeros(10, 1, 8, 8), {"image_shape": [True, 8, 8]}, "got [True, 8, 8]"),
+    (torch.zeros(10, 1, 8, 8), {"image_shape": None}, "got None"),
+    (torch.zeros(10, 1, 8, 8), {"image_shape": "abc"}, "got 'abc'"),
+    (torch.zeros(10, 1, 8, 8), {"image_shape": 64}, "got 64"),
+])
+def test_load_refuses_a_checksummed_set_with_bad_content(tmp_path, images, meta, words):
+    labels = torch.arange(len(images)) % 10
+    path = _craft(tmp_path / "bad.safetensors", images, labels, **meta)
+    with pytest.raises(ValueError) as err:
+        SyntheticSet.load(path)
+    assert str(path) in str(err.value) and words in str(err.value)
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8.5), (True, 8, 8), (1, 8), "abc", 64, None, (1, 0, 8)])
+def test_image_shape_must_be_three_positive_ints(shape):
+    with pytest.raises(ValueError, match="image_shape must be \\(C, H, W\\): three positive ints"):
+        SyntheticSet(torch.zeros(2, 1, 8, 8), torch.tensor([0, 1]), "digits", 10, shape)
+
+
+def test_load_names_a_folder_or_a_device_and_save_never_replaces_them(tmp_path):
+    syn = SyntheticSet(torch.zeros(2, 1, 8, 8), torch.tensor([0, 1]), "digits", 10, (1, 8, 8))
+    with pytest.raises(ValueError, match="is a folder; give the path of a ddnb.SyntheticSet"):
+        SyntheticSet.load(tmp_path)
+    with pytest.raises(ValueError, match="is not a regular file"):
+        SyntheticSet.load("/dev/null")
+    with pytest.raises(ValueError, match="path must be a file path, got NoneType"):
+        SyntheticSet.load(None)
+    with pytest.raises(ValueError, match="is a folder and is never replaced"):
+        syn.save(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_to_checks_the_device():
+    syn = SyntheticSet(torch.zeros(2, 1, 8, 8), torch.tensor([0, 1]), "digits", 10, (1, 8, 8))
+    with pytest.raises(ValueError, match="device 'meta' is not one ddnb runs on"):
+        syn.to("meta")

@@ -50,6 +50,49 @@ def test_seed_everything_repeats_and_rejects_bad_seed():
 
 def test_resolve_device():
     assert utils.resolve_device("cpu") == torch.device("cpu")
+    assert utils.resolve_device(None) == torch.device(utils.default_device())
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             utils.resolve_device("cuda")
+
+
+@pytest.mark.parametrize("device, words", [
+    ("tpu", "is not a device name"), ("cpu:x", "is not a device name"), ("", "is not a device name"),
+    ("meta", "is not one ddnb runs on"), (torch.device("meta"), "is not one ddnb runs on"),
+    ("cuda:99", "'cuda:99'"), (5, "got int 5"), (["cpu"], "got list"), (True, "got bool"),
+])
+def test_resolve_device_names_the_value_and_what_is_allowed(device, words):
+    with pytest.raises(ValueError) as err:
+        utils.resolve_device(device)
+    assert words in str(err.value) and "allowed: cpu" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63, 2**70, 1.5, "a", None, True])
+def test_seed_everything_names_a_seed_out_of_range(seed):
+    with pytest.raises(ValueError, match=f"seed must be an int >= 0 and <= {2**63 - 1}, got"):
+        utils.seed_everything(seed)
+
+
+def test_check_writable(tmp_path):
+    (tmp_path / "file").write_text("x")
+    assert utils.check_writable(tmp_path / "new" / "deeper" / "x.bin") == tmp_path / "new" / "deeper" / "x.bin"
+    assert not (tmp_path / "new").exists()  # the probe makes no folders
+    assert utils.check_writable(tmp_path) == tmp_path
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # and leaves no probe file
+    with pytest.raises(ValueError, match="'.*file' is a file, not a folder"):
+        utils.check_writable(tmp_path / "file" / "x.bin", "--out")
+    with pytest.raises(ValueError, match="--out path is empty"):
+        utils.check_writable("", "--out")
+    with pytest.raises(ValueError, match="'/proc' is not writable"):
+        utils.check_writable("/proc/ddnb_test/x.bin")
+
+
+def test_atomic_write_never_replaces_a_folder_or_a_pipe(tmp_path):
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    (tmp_path / "folder").mkdir()
+    for path, words in ((pipe, "not a regular file"), (tmp_path / "folder", "is a folder")):
+        with pytest.raises(ValueError, match=words):
+            utils.atomic_write_bytes(path, b"data")
+    assert pipe.is_fifo() and (tmp_path / "folder").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "pipe"]

@@ -3,10 +3,13 @@ from notebooks, sweeps and the CLI (`ddnb.distill`, `ddnb.select`, `ddnb.list_me
 from __future__ import annotations
 
 import importlib
+import inspect
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
-from ddnb.settings import Spec, check_settings, check_spec
+from ddnb.settings import Bool, Int, Seed, Spec, check_settings, check_spec, require
 
 KINDS = ("select", "distill")
 BUDGETS = ("smoke", "cpu", "paper")
@@ -68,7 +71,7 @@ def _load_all() -> None:
 def get_method(name: str, kind: str | None = None) -> MethodInfo:
     """Look a method up by name; an unknown name lists the known ones."""
     _load_all()
-    info = _REGISTRY.get(name)
+    info = _REGISTRY.get(name) if isinstance(name, str) else None
     if info is None or (kind is not None and info.kind != kind):
         known = sorted(n for n, i in _REGISTRY.items() if kind is None or i.kind == kind)
         what = f"{kind} method" if kind else "method"
@@ -87,7 +90,7 @@ def list_methods() -> list[dict[str, Any]]:
 
 def resolve_budget(info: MethodInfo, budget: str, overrides: dict[str, Any]) -> dict[str, Any]:
     """The settings of a named budget with single settings overridden, checked against the method's spec."""
-    if budget not in info.budgets:
+    if not isinstance(budget, str) or budget not in info.budgets:
         raise ValueError(f"unknown budget {budget!r} for method {info.name!r}; allowed: {', '.join(info.budgets)}")
     settings = dict(info.budgets[budget])
     unknown = sorted(set(overrides) - set(settings))
@@ -102,9 +105,56 @@ def resolve_budget(info: MethodInfo, budget: str, overrides: dict[str, Any]) -> 
     return settings
 
 
+def _check_call(dataset: Any, ipc: Any, seed: Any, device: Any) -> None:
+    """ValueError for the arguments every method takes: a loaded Dataset, ipc, seed and a device that is here."""
+    from ddnb.data import require_dataset
+    from ddnb.utils import resolve_device
+
+    require_dataset(dataset)
+    require("ipc", ipc, Int(1))
+    require("seed", seed, Seed())
+    resolve_device(device)
+
+
+def _check_run_options(options: dict[str, Any]) -> None:
+    """ValueError for a run option (RunOptions field) of the wrong type or range, before any work starts."""
+    from ddnb.utils import check_writable
+
+    for name in ("resume", "progress"):
+        if name in options:
+            require(name, options[name], Bool())
+    if "checkpoint_every" in options:
+        require("checkpoint_every", options["checkpoint_every"], Int(1, optional=True))
+    if "eval_every" in options:
+        require("eval_every", options["eval_every"], Int(0))
+    callback = options.get("callback")
+    if callback is not None and not callable(callback):
+        raise ValueError(f"callback must be None or a function callback(it, state), got {callback!r}")
+    out_dir = options.get("out_dir")
+    if out_dir is not None:
+        if not isinstance(out_dir, (str, os.PathLike)):
+            raise ValueError(f"out_dir must be None or a folder path, got {type(out_dir).__name__} {out_dir!r}")
+        if Path(out_dir).exists() and not Path(out_dir).is_dir():
+            raise ValueError(f"out_dir {str(out_dir)!r} is a file; give a folder for the checkpoints")
+        check_writable(out_dir, "checkpoint folder")
+
+
 def select(method: str, dataset: Any, ipc: int, seed: int = 0, device: Any = None, **kw: Any):
-    """Run a selection method: returns (SyntheticSet of real images, chosen indices)."""
-    return get_method(method, "select").fn(dataset, ipc, seed=seed, device=device, **kw)
+    """Run a selection method: returns (SyntheticSet of real images, chosen indices).
+
+    The set is returned on `device` when one is given (else where the dataset is); the feature
+    selectors (herding, kcenter) also compute their features there. `kw` are the method's own
+    keyword arguments (arch, model, batch_size).
+    """
+    info = get_method(method, "select")
+    _check_call(dataset, ipc, seed, device)
+    own = [p for p in inspect.signature(info.fn).parameters if p not in ("dataset", "ipc", "seed", "device")]
+    unknown = sorted(set(kw) - set(own))
+    if unknown:
+        raise ValueError(f"unknown argument(s) {', '.join(map(repr, unknown))} for selection method {method!r}; "
+                         f"allowed: {', '.join(own)}")
+    synset, indices = info.fn(dataset, ipc, seed=seed, device=device, **kw)
+    return (synset.to(device) if device is not None else synset), indices
 
 
 def distill(method: str, dataset: Any, ipc: int, budget: str = "cpu", seed: int = 0, device: Any = None,
@@ -112,12 +162,16 @@ def distill(method: str, dataset: Any, ipc: int, budget: str = "cpu", seed: int 
     """Run a distillation method under a named budget: returns (SyntheticSet, History).
 
     `overrides` are the method's settings plus the options of the run (`RunOptions` fields: out_dir,
-    resume, progress, checkpoint_every, eval_every, callback).
+    resume, progress, checkpoint_every, eval_every, callback). Every argument is checked before any
+    work starts.
     """
     from ddnb.methods.loop import RunOptions
 
     info = get_method(method, "distill")
+    _check_call(dataset, ipc, seed, device)
     options = set(RunOptions.__dataclass_fields__)
     settings = resolve_budget(info, budget, {k: v for k, v in overrides.items() if k not in options})
-    run = RunOptions(**{k: v for k, v in overrides.items() if k in options})
+    run_options = {k: v for k, v in overrides.items() if k in options}
+    _check_run_options(run_options)
+    run = RunOptions(**run_options)
     return info.fn(dataset, ipc, seed=seed, device=device, budget=budget, settings=settings, run=run)

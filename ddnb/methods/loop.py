@@ -19,6 +19,7 @@ import math
 import pickle
 import re
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -212,7 +213,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     payload = _verified_payload(path)
     try:
-        ckpt = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's pickle-protocol advice would precede the one-line refusal
+            warnings.simplefilter("ignore", UserWarning)
+            ckpt = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise ValueError(f"{path} holds code or objects that are not plain tensors and was not loaded "
                          f"(ddnb never runs code from a checkpoint); delete it unless you trust and know "
