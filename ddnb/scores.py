@@ -91,6 +91,19 @@ class Scores:
     higher_is_harder: bool
     config: dict[str, Any]
 
+    @classmethod
+    def from_values(cls, dataset: Dataset, kind: str, values: Tensor | Any, source: str = "given") -> Scores:
+        """Scores of every training image from elsewhere (e.g. the official SelMatch .npy files), one per image."""
+        require("kind", kind, Choice(*KINDS))
+        v = torch.as_tensor(values, dtype=torch.float64).cpu()
+        n = len(require_dataset(dataset).x_train)
+        if v.shape != (n,) or not bool(torch.isfinite(v).all()):
+            raise ValueError(f"values must be {n} finite numbers (one per training image of {dataset.name!r}), "
+                             f"got shape {tuple(v.shape)}")
+        config = {"kind": kind, "data": _fingerprint(dataset), "source": source}
+        return cls(kind, v, torch.arange(n), dataset.y_train.detach().cpu().long(), v[None], HIGHER_IS_HARDER[kind],
+                   json.loads(json.dumps(config)))
+
     @property
     def key(self) -> str:
         """The cache key: a hash of the config."""
