@@ -164,11 +164,14 @@ def compute_scores(
              batch_size=b["batch_size"] if batch_size is None else batch_size, lr=b["lr"] if lr is None else lr,
              fraction=b["fraction"] if fraction is None else fraction, last_layer=last_layer,
              temperature=b["temperature"] if temperature is None else temperature)
-    model_kw = dict(b["model_kw"] if model_kw is None else model_kw)
+    model_kw = b["model_kw"] if model_kw is None else model_kw
     _check_settings(dataset, kind, s, model_kw, teacher, soft_labels)
+    model_kw = dict(model_kw)
     dev = resolve_device(device)
     indices = (real_init_indices(dataset, s["pool"], seed) if s["pool"] else torch.arange(len(dataset.x_train))).cpu()
-    targets = _soft_targets(dataset, indices, s["temperature"], teacher, soft_labels, dev) if kind == "el2n_sl" else None
+    targets = None
+    if kind == "el2n_sl":
+        targets = _soft_targets(dataset, indices, s["temperature"], teacher, soft_labels, dev)
     config = _config(dataset, kind, s, model_kw, indices, targets)
     path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = path / f"{dataset.name}_{kind}_{cache_key(config)}.safetensors"

@@ -241,3 +241,27 @@ def test_bad_input_is_one_clear_error(digits, tmp_path):
     other = dataclasses.replace(digits.subset(torch.arange(100)))
     with pytest.raises(ValueError, match=r"computed for 'digits' with 1198 training images, not for 'digits' with 100"):
         s.check_dataset(other)
+
+
+# ----------------------------------------------------------------------------- figures
+def test_score_figures_show_the_class_extremes_with_their_scores(digits):
+    import matplotlib.pyplot as plt
+
+    from ddnb.viz import score_distribution, score_extremes
+
+    values = np.random.default_rng(4).normal(size=len(digits.x_train))
+    s = Scores.from_values(digits, "el2n", values)
+    fig = score_distribution(s, dataset=digits)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == digits.classes
+    assert "higher is harder" in fig.axes[0].get_ylabel()
+    plt.close(fig)
+    fig = score_extremes(s, digits, 3, n=4)
+    titles = np.array([float(ax.get_title()) for ax in fig.axes]).reshape(3, 4)
+    class3 = np.sort(values[digits.y_train.numpy() == 3])
+    np.testing.assert_allclose(titles[0], class3[:4], rtol=5e-3)  # easiest, easiest first
+    np.testing.assert_allclose(titles[2], class3[::-1][:4], rtol=5e-3)  # hardest, hardest first
+    mid = (len(class3) - 4) // 2
+    np.testing.assert_allclose(titles[1], class3[mid:mid + 4], rtol=5e-3)
+    plt.close(fig)
+    with pytest.raises(ValueError, match=r"cls must be an int >= 0 and <= 9, got 10"):
+        score_extremes(s, digits, 10)
