@@ -16,13 +16,15 @@ Kinds (each as its authors define it; `HIGHER_IS_HARDER` says which way is hard)
 
 Budgets (`budget=`; every setting can be overridden by its argument):
   smoke  a ConvNet of width 16 on every image, 1 seed, 0-3 epochs, 4 c-score models (tests, digits).
-  cpu    minutes on Fashion-MNIST on a laptop CPU: a ConvNet of width 32, a seeded pool of 500 images per
-         class (scores cover the pool only), 2 seeds, 10 epochs (forgetting, logits, c-score), EL2N at
-         epoch 2, GraNd at initialization, 8 c-score models on halves of the pool.
+  cpu    sized for minutes on Fashion-MNIST on a CPU (not yet measured): a ConvNet of width 32, a seeded
+         pool of 500 images per class (scores cover the pool only; every image when a class has 500 or
+         fewer), 2 seeds, 10 epochs (forgetting, logits, c-score), EL2N at epoch 2, GraNd at
+         initialization, 8 c-score models on halves of the pool.
   paper  the papers' sizes (not meant for a CPU): the default ConvNet (width 128) on every image;
          forgetting 200 epochs x 5 seeds (Toneva), EL2N at epoch 20 and GraNd at initialization over 10
          seeds (Paul), logits after 200 epochs, c-score 2000 models on 70 % subsets (Jiang et al. average
-         over several subset ratios; one ratio here).
+         over several subset ratios; one ratio here), EL2N-SL at epoch 20 over 10 seeds.
+EL2N-SL uses the temperature of the "sl" evaluation protocol (20) in every budget.
 Scoring models train with SGD (momentum 0.9, weight decay 5e-4, constant lr, no augmentation).
 """
 from __future__ import annotations
@@ -160,7 +162,7 @@ def compute_scores(
     require("budget", budget, Choice(*BUDGETS))
     b = BUDGETS[budget]
     s = dict(arch=arch, epochs=b["epochs"][kind] if epochs is None else epochs,
-             seeds=b["seeds"][kind] if seeds is None else seeds, seed=seed, pool=b["pool"] if pool is None else pool,
+             seeds=b["seeds"][kind] if seeds is None else seeds, seed=seed, pool=_pool(dataset, b, pool),
              batch_size=b["batch_size"] if batch_size is None else batch_size, lr=b["lr"] if lr is None else lr,
              fraction=b["fraction"] if fraction is None else fraction, last_layer=last_layer,
              temperature=b["temperature"] if temperature is None else temperature)
@@ -186,6 +188,13 @@ def compute_scores(
     save_tensor_file(path, {"values": values, "indices": indices, "labels": scores.labels, "per_seed": per_seed},
                      {"config": config, "kind": kind}, FILE_KIND)
     return scores
+
+
+def _pool(dataset: Dataset, budget: dict[str, Any], pool: int | None) -> int | None:
+    """The pool size: the argument, else the budget's where every class has more images (else 0: all of them)."""
+    if pool is not None:
+        return pool
+    return budget["pool"] if budget["pool"] < min(len(i) for i in dataset.class_indices()) else 0
 
 
 def _check_settings(dataset: Dataset, kind: str, s: dict[str, Any], model_kw: dict[str, Any],
