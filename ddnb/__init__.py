@@ -19,6 +19,7 @@ _EXPORTS = {
     "train_model": "ddnb.train",
     "evaluate_synset": "ddnb.train",
     "train_experts": "ddnb.experts",
+    "compute_scores": "ddnb.scores",
     "select": "ddnb.methods",
     "distill": "ddnb.methods",
     "list_methods": "ddnb.methods",

@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_methods)
 
-    p = sub.add_parser("select", help="select real images per class (random, herding, kcenter)")
+    p = sub.add_parser("select", help="select real images per class (random, herding, kcenter, by score, window)")
     p.add_argument("method", help="selection method (see `ddnb methods`)")
     p.add_argument("--dataset", required=True, help="dataset name (see `ddnb datasets`)")
     p.add_argument("--ipc", type=int, required=True, help="images per class")

@@ -352,3 +352,50 @@ def _series(history: Any, keys: Iterable[str] | None) -> dict[str, list[float]]:
 def _numbers(values: Sequence[Any]) -> bool:
     """True when every value is a real number (not a bool)."""
     return all(isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) for v in values)
+
+
+def score_distribution(scores: Any, *, dataset: Any = None, class_names: Sequence[str] | None = None,
+                       title: str | None = None) -> Figure:
+    """Each class's difficulty-score distribution (`ddnb.scores.Scores`) as a seaborn violin with quartiles."""
+    import pandas as pd
+    import seaborn as sns
+
+    names = _class_names(class_names, dataset)
+    classes = range(scores.config["data"]["num_classes"])
+    frame = pd.DataFrame({"class": [_name(names, int(c)) for c in scores.labels], "score": scores.values.numpy()})
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(classes) + 2), 3.4))
+    sns.violinplot(data=frame, x="class", y="score", order=[_name(names, c) for c in classes], cut=0,
+                   inner="quartile", color="lightsteelblue", ax=ax)
+    ax.set_ylabel(f"{scores.kind} ({'higher' if scores.higher_is_harder else 'lower'} is harder)")
+    ax.set_title(title or f"{scores.kind} scores per class ({len(scores.values)} images)")
+    fig.tight_layout()
+    return fig
+
+
+def score_extremes(scores: Any, dataset: Any, cls: int, n: int = 8, *, title: str | None = None) -> Figure:
+    """A class's n easiest, n median and n hardest scored images (rows), each titled with its score."""
+    from ddnb.scores import class_ranking
+    from ddnb.settings import Int, require
+
+    scores.check_dataset(dataset)
+    require("cls", cls, Int(0, dataset.num_classes - 1))
+    require("n", n, Int(1))
+    ranking = class_ranking(scores, "easy")[cls]
+    n = min(n, len(ranking))
+    mid = (len(ranking) - n) // 2
+    rows = {"easiest": ranking[:n], "median": ranking[mid:mid + n], "hardest": ranking[len(ranking) - n:].flip(0)}
+    value = torch.full((len(dataset.x_train),), float("nan"), dtype=torch.float64)
+    value[scores.indices] = scores.values
+    fig, axes = plt.subplots(3, n, figsize=(1.0 * n + 1.0, 3.7), squeeze=False)
+    for r, (name, idx) in enumerate(rows.items()):
+        pixels = to_display(dataset.x_train[idx.to(dataset.x_train.device)].detach().cpu(), dataset)
+        for j, ax in enumerate(axes[r]):
+            gray = pixels.shape[-1] == 1
+            ax.imshow(pixels[j][..., 0] if gray else pixels[j], cmap="gray" if gray else None)
+            ax.set_title(f"{float(value[idx[j]]):.3g}", fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r, 0].set_ylabel(name)
+    fig.suptitle(title or f"class {_name(_class_names(None, dataset), cls)}: {scores.kind} scores")
+    fig.tight_layout()
+    return fig
