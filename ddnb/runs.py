@@ -3,6 +3,9 @@
 
 Every notebook ends by calling `write_results(...)`; `run_notebook` adds the executed notebook to
 the record and, when the notebook dies, marks the run failed (writing a record if it had none).
+A finding that compares two means decides with `compare_means` (the gap must exceed the spread).
+`record_result` files a finished run under `results/NN_slug/<budget>-<dataset>-ipcN-seedS.json`
+and `report_table` makes the README's "Measured here" table from those files.
 """
 from __future__ import annotations
 
@@ -30,6 +33,9 @@ STATUSES = ("ok", "failed")
 RESULT_KEYS = ("notebook", "status", "params", "metrics", "findings", "artifacts", "versions",
                "duration_s", "error")
 FINDING_KEYS = ("id", "claim", "holds", "values")
+VERDICTS = ("holds", "fails", "within noise", "no spread")
+SPREADS = ("std", "sem")
+RECORD_PARAMS = ("budget", "dataset", "ipc", "seed")  # the params that name a recorded run's file
 _ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -44,6 +50,36 @@ def finding(id: str, claim: str, holds: bool, values: Mapping[str, Any] | None =
     if values is not None and not isinstance(values, Mapping):
         raise ValueError(f"finding {id!r}: values must be a dict of name -> value, got {type(values).__name__}")
     return {"id": id, "claim": claim, "holds": bool(holds), "values": _plain(dict(values or {}))}
+
+
+def compare_means(a: Iterable[float], b: Iterable[float], *, spread: str = "std",
+                  names: tuple[str, str] = ("a", "b")) -> dict[str, Any]:
+    """Is mean(a) above mean(b) by more than the larger spread of the two? Means, stds, gap, spread, verdict.
+
+    `spread="std"`: the larger population std (ddof 0, as `EvalResult.std`), for values over seeds;
+    `"sem"`: the larger standard error of the mean (ddof 1 / sqrt(n)), for a population of samples,
+    steps or classes. Only a side with at least 2 values has a spread. Verdict: "holds" (gap > spread),
+    "fails" (gap < -spread), "within noise" (|gap| <= spread) or "no spread" (neither side has 2 values).
+    """
+    if spread not in SPREADS:
+        raise ValueError(f"spread must be one of {SPREADS}, got {spread!r}")
+    if len(names) != 2 or names[0] == names[1] or not all(isinstance(n, str) and _ID.match(n) for n in names):
+        raise ValueError(f"names must be two different identifiers, got {names!r}")
+    sides = [np.asarray(list(v), dtype=float) for v in (a, b)]
+    for name, v in zip(names, sides):
+        if v.ndim != 1 or not len(v) or not np.isfinite(v).all():
+            raise ValueError(f"{name}: need a non-empty list of finite numbers, got {v.tolist()!r}")
+    stds = [float(v.std()) for v in sides]
+    spreads = [float(v.std(ddof=1) / math.sqrt(len(v))) if spread == "sem" else sd
+               for v, sd in zip(sides, stds) if len(v) >= 2]
+    used = max(spreads) if spreads else None
+    gap = float(sides[0].mean() - sides[1].mean())
+    verdict = ("no spread" if used is None else "holds" if gap > used else "fails" if gap < -used
+               else "within noise")
+    out: dict[str, Any] = {}
+    for name, v, sd in zip(names, sides, stds):
+        out.update({f"mean_{name}": float(v.mean()), f"std_{name}": sd, f"n_{name}": len(v)})
+    return {**out, "gap": gap, "spread": used, "spread_kind": spread, "verdict": verdict}
 
 
 def versions() -> dict[str, str | None]:
@@ -115,10 +151,10 @@ def read_results(path: str | Path) -> dict[str, Any]:
         path = path / RESULTS_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no results file at {str(path)!r}")
-    results = json.loads(path.read_text())
     try:
+        results = json.loads(path.read_text())
         validate_results(results)
-    except ValueError as exc:
+    except (ValueError, UnicodeDecodeError) as exc:  # json.JSONDecodeError is a ValueError
         raise ValueError(f"{path}: {exc}") from exc
     return results
 
@@ -218,7 +254,8 @@ def _clear_output(out: Path, overwrite: bool) -> None:
 
 def collect(root: str | Path) -> pd.DataFrame:
     """Gather every results.json under `root` (recursively) into one table, one row per run:
-    params as `param.<name>`, metrics as `metric.<name>`, findings as `finding.<id>` (bool)."""
+    params as `param.<name>`, metrics as `metric.<name>` (a None metric is NaN, so means skip it),
+    findings as `finding.<id>` (bool)."""
     import pandas as pd
 
     root = Path(root)
@@ -236,9 +273,66 @@ def _row(root: Path, path: Path) -> dict[str, Any]:
     row: dict[str, Any] = {"run": str(path.parent.relative_to(root)), "notebook": res["notebook"],
                            "status": res["status"], "duration_s": res["duration_s"], "error": res["error"]}
     row.update({f"param.{k}": v for k, v in res["params"].items()})
-    row.update({f"metric.{k}": v for k, v in res["metrics"].items()})
+    row.update({f"metric.{k}": math.nan if v is None else v for k, v in res["metrics"].items()})
     row.update({f"finding.{f['id']}": f["holds"] for f in res["findings"]})
     return row
+
+
+def record_path(results: Mapping[str, Any], results_root: str | Path) -> Path:
+    """Where a run's record goes: `results_root/<notebook>/<budget>-<dataset>-ipcN-seedS.json`."""
+    missing = [k for k in RECORD_PARAMS if results["params"].get(k) is None]
+    if missing:
+        raise ValueError(f"run of {results['notebook']} lacks param(s) {missing} that name its record "
+                         f"(<budget>-<dataset>-ipcN-seedS.json)")
+    p = results["params"]
+    return Path(results_root) / results["notebook"] / f"{p['budget']}-{p['dataset']}-ipc{p['ipc']}-seed{p['seed']}.json"
+
+
+def record_result(run_dir: str | Path, results_root: str | Path, *, overwrite: bool = False) -> Path:
+    """Copy a finished (status ok) run's results.json to its `record_path` under `results_root`; return it.
+
+    The record is the results.json alone (names of the run's files, none of the files). An existing
+    record is kept unless `overwrite`.
+    """
+    results = read_results(run_dir)
+    if results["status"] != "ok":
+        raise ValueError(f"run {str(run_dir)!r} failed ({results['error']}); record only finished runs")
+    dest = record_path(results, results_root)
+    if dest.exists() and not overwrite:
+        raise ValueError(f"{str(dest)!r} already holds a record of this run; pass overwrite to replace it")
+    check_writable(dest.parent, "results folder")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_save_json(dest, results)
+
+
+def report_table(results_root: str | Path) -> str:
+    """The README's "Measured here" Markdown table from every record under `results_root`.
+
+    One row per accuracy a run reports (a metric pair `<set>_mean`, `<set>_std`), described by the
+    run's `params["evaluated"][<set>]` ({"set": ..., "evaluation": ...}) where the notebook gave one.
+    """
+    root = Path(results_root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no results folder {str(root)!r}")
+    files = sorted(root.glob("*/*.json"))
+    if not files:
+        raise FileNotFoundError(f"no records (<notebook>/<run>.json) under {str(root)!r}; "
+                                f"add one with `ddnb report {root} --record RUN_DIR`")
+    lines = ["| notebook | run | evaluation | set | accuracy (%) | wall time |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for path in files:
+        res = read_results(path)
+        described = res["params"].get("evaluated") or {}
+        metrics = res["metrics"]
+        wall = f"{res['duration_s'] / 60:.0f} min"
+        for name in (m[:-len("_mean")] for m in metrics if m.endswith("_mean")):
+            mean, std = metrics[f"{name}_mean"], metrics.get(f"{name}_std")
+            if mean is None or std is None:
+                continue
+            about = described.get(name, {})
+            lines.append(f"| {res['notebook'].split('_')[0]} | {path.stem} | {about.get('evaluation', '-')} | "
+                         f"{about.get('set', name)} | {mean:.2f} ± {std:.2f} | {wall} |")
+    return "\n".join(lines)
 
 
 def _finish(path: Path, out: Path, params: dict[str, Any], before: dict[str, int], started: float,
@@ -348,16 +442,17 @@ def _artifacts(out: Path, artifacts: Iterable[str | Path] | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _metrics(metrics: Mapping[str, Any]) -> dict[str, float | int]:
-    """Metrics as name -> finite number (numpy / 0-d torch scalars become Python numbers)."""
+def _metrics(metrics: Mapping[str, Any]) -> dict[str, float | int | None]:
+    """Metrics as name -> finite number, or None for one never reached (numpy / 0-d torch scalars become
+    Python numbers)."""
     if not isinstance(metrics, Mapping):
         raise ValueError(f"metrics must be a dict of name -> number, got {type(metrics).__name__}")
     out = {}
     for name, value in metrics.items():
         value = value.item() if hasattr(value, "item") and getattr(value, "ndim", 1) == 0 else value
-        if not isinstance(name, str) or isinstance(value, bool) or not isinstance(value, Real) \
-                or not math.isfinite(value):
-            raise ValueError(f"metric {name!r} must be a finite number, got {value!r}")
+        if not isinstance(name, str) or (value is not None and (
+                isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value))):
+            raise ValueError(f"metric {name!r} must be a finite number or None (not reached), got {value!r}")
         out[name] = value
     return out
 
