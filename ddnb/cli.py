@@ -204,7 +204,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """`ddnb report`: print the "Measured here" Markdown table of the records under a results folder."""
-    from ddnb.runs import record_result, report_table
+    from ddnb.records import record_result, report_table
 
     for run_dir in args.record or []:
         path = record_result(run_dir, args.results, overwrite=args.overwrite)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from ddnb import runs, utils
+from ddnb import records, runs, utils
 
 
 def _write_ok(out: Path, **kw) -> Path:
@@ -126,7 +126,7 @@ def test_collect_two_runs_into_one_table(tmp_path):
     _write_ok(tmp_path / "sweep" / "deeper" / "ipc10", params={"ipc": 10, "method": "dm"},
               metrics={"acc": 80.0, "seconds": 3.0},
               findings=[runs.finding("a_beats_b", "a beats b", False), runs.finding("fast", "fast", True)])
-    table = runs.collect(tmp_path / "sweep").set_index("run")
+    table = records.collect(tmp_path / "sweep").set_index("run")
     assert len(table) == 2
     assert table.loc["ipc1", "param.ipc"] == 1 and table.loc["deeper/ipc10", "param.ipc"] == 10
     assert table.loc["deeper/ipc10", "metric.acc"] == 80.0
@@ -139,20 +139,20 @@ def test_collect_two_runs_into_one_table(tmp_path):
 
 def test_collect_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no folder"):
-        runs.collect(tmp_path / "missing")
+        records.collect(tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="no results.json"):
-        runs.collect(tmp_path)
+        records.collect(tmp_path)
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "results.json").write_text(json.dumps({"notebook": "x"}))
     with pytest.raises(ValueError, match="bad/results.json"):
-        runs.collect(tmp_path)
+        records.collect(tmp_path)
 
 
 def test_a_metric_never_reached_is_null_and_collect_skips_it(tmp_path):
     path = _write_ok(tmp_path / "runs" / "a", metrics={"iterations_to_base": None, "acc": 50.0})
     assert json.loads(path.read_text())["metrics"]["iterations_to_base"] is None
     _write_ok(tmp_path / "runs" / "b", metrics={"iterations_to_base": 4, "acc": 60.0})
-    table = runs.collect(tmp_path / "runs").set_index("run")
+    table = records.collect(tmp_path / "runs").set_index("run")
     assert math.isnan(table.loc["a", "metric.iterations_to_base"])
     assert table["metric.iterations_to_base"].mean() == 4.0  # not (4 + -1) / 2, not an error
 
@@ -209,26 +209,26 @@ def _run(out: Path, notebook: str = "02_dance", **params) -> Path:
 
 def test_record_result_files_the_run_by_notebook_budget_dataset_ipc_seed(tmp_path):
     run = _run(tmp_path / "outputs" / "x", seed=1)
-    path = runs.record_result(run, tmp_path / "results")
+    path = records.record_result(run, tmp_path / "results")
     assert path == tmp_path / "results" / "02_dance" / "cpu-fashion_mnist-ipc10-seed1.json"
     assert runs.read_results(path) == runs.read_results(run)
     with pytest.raises(ValueError, match="already holds"):
-        runs.record_result(run, tmp_path / "results")
-    assert runs.record_result(run, tmp_path / "results", overwrite=True) == path
+        records.record_result(run, tmp_path / "results")
+    assert records.record_result(run, tmp_path / "results", overwrite=True) == path
     bare = tmp_path / "bare"
     _write_ok(bare, params={"ipc": 1, "dataset": "digits"})
     with pytest.raises(ValueError, match=r"\['budget', 'seed'\]"):
-        runs.record_result(bare, tmp_path / "results")
+        records.record_result(bare, tmp_path / "results")
     failed = tmp_path / "failed"
     _write_ok(failed, params={}, status="failed", error="boom")
     with pytest.raises(ValueError, match="boom"):
-        runs.record_result(failed, tmp_path / "results")
+        records.record_result(failed, tmp_path / "results")
 
 
 def test_report_table_rows_from_records(tmp_path):
     for seed in (1, 0):
-        runs.record_result(_run(tmp_path / f"run{seed}", seed=seed), tmp_path / "results")
-    lines = runs.report_table(tmp_path / "results").splitlines()
+        records.record_result(_run(tmp_path / f"run{seed}", seed=seed), tmp_path / "results")
+    lines = records.report_table(tmp_path / "results").splitlines()
     assert lines[0] == "| notebook | run | evaluation | set | accuracy (%) | wall time |"
     assert lines[2:] == [
         "| 02 | cpu-fashion_mnist-ipc10-seed0 | dc, 300 epochs | DM, 500 iterations | 81.08 ± 0.08 | 105 min |",
@@ -236,9 +236,9 @@ def test_report_table_rows_from_records(tmp_path):
         "| 02 | cpu-fashion_mnist-ipc10-seed1 | dc, 300 epochs | DM, 500 iterations | 81.08 ± 0.08 | 105 min |",
         "| 02 | cpu-fashion_mnist-ipc10-seed1 | - | random | 76.40 ± 0.07 | 105 min |"]
     with pytest.raises(FileNotFoundError, match="no records"):
-        runs.report_table(tmp_path / "run0")
+        records.report_table(tmp_path / "run0")
     with pytest.raises(FileNotFoundError, match="no results folder"):
-        runs.report_table(tmp_path / "missing")
+        records.report_table(tmp_path / "missing")
 
 
 # ------------------------------------------------------------------ run_notebook
