@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
-from ddnb.settings import Bool, Int, Seed, Spec, check_settings, check_spec, require
+from ddnb.settings import Int, Seed, Spec, check_settings, check_spec, require
 
 KINDS = ("select", "distill")
 BUDGETS = ("smoke", "cpu", "paper")
@@ -116,29 +114,6 @@ def _check_call(dataset: Any, ipc: Any, seed: Any, device: Any) -> None:
     resolve_device(device)
 
 
-def _check_run_options(options: dict[str, Any]) -> None:
-    """ValueError for a run option (RunOptions field) of the wrong type or range, before any work starts."""
-    from ddnb.utils import check_writable
-
-    for name in ("resume", "progress"):
-        if name in options:
-            require(name, options[name], Bool())
-    if "checkpoint_every" in options:
-        require("checkpoint_every", options["checkpoint_every"], Int(1, optional=True))
-    if "eval_every" in options:
-        require("eval_every", options["eval_every"], Int(0))
-    callback = options.get("callback")
-    if callback is not None and not callable(callback):
-        raise ValueError(f"callback must be None or a function callback(it, state), got {callback!r}")
-    out_dir = options.get("out_dir")
-    if out_dir is not None:
-        if not isinstance(out_dir, (str, os.PathLike)):
-            raise ValueError(f"out_dir must be None or a folder path, got {type(out_dir).__name__} {out_dir!r}")
-        if Path(out_dir).exists() and not Path(out_dir).is_dir():
-            raise ValueError(f"out_dir {str(out_dir)!r} is a file; give a folder for the checkpoints")
-        check_writable(out_dir, "checkpoint folder")
-
-
 def select(method: str, dataset: Any, ipc: int, seed: int = 0, device: Any = None, **kw: Any):
     """Run a selection method: returns (SyntheticSet of real images, chosen indices).
 
@@ -163,7 +138,7 @@ def distill(method: str, dataset: Any, ipc: int, budget: str = "cpu", seed: int 
 
     `overrides` are the method's settings plus the options of the run (`RunOptions` fields: out_dir,
     resume, progress, checkpoint_every, eval_every, callback). Every argument is checked before any
-    work starts.
+    work starts (the run options by `RunOptions` itself).
     """
     from ddnb.methods.loop import RunOptions
 
@@ -171,7 +146,5 @@ def distill(method: str, dataset: Any, ipc: int, budget: str = "cpu", seed: int 
     _check_call(dataset, ipc, seed, device)
     options = set(RunOptions.__dataclass_fields__)
     settings = resolve_budget(info, budget, {k: v for k, v in overrides.items() if k not in options})
-    run_options = {k: v for k, v in overrides.items() if k in options}
-    _check_run_options(run_options)
-    run = RunOptions(**run_options)
+    run = RunOptions(**{k: v for k, v in overrides.items() if k in options})  # checks itself
     return info.fn(dataset, ipc, seed=seed, device=device, budget=budget, settings=settings, run=run)

@@ -16,6 +16,7 @@ import hashlib
 import io
 import logging
 import math
+import os
 import pickle
 import re
 import time
@@ -29,8 +30,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ddnb import alloc
-from ddnb.settings import Int, require
-from ddnb.utils import atomic_save_json, atomic_write_bytes
+from ddnb.settings import Bool, Int, require
+from ddnb.utils import atomic_save_json, atomic_write_bytes, check_writable
 
 log = logging.getLogger(__name__)
 alloc.tune_malloc()
@@ -58,6 +59,24 @@ class RunOptions:
     checkpoint_every: int | None = None
     eval_every: int = 0
     callback: Callback | None = None
+
+    def __post_init__(self) -> None:
+        """ValueError for an option of the wrong type or range, or a checkpoint folder that cannot be written."""
+        require("resume", self.resume, Bool())
+        require("progress", self.progress, Bool())
+        require("checkpoint_every", self.checkpoint_every, Int(1, optional=True))
+        require("eval_every", self.eval_every, Int(0))
+        if self.callback is not None and not callable(self.callback):
+            raise ValueError(f"callback must be None or a function callback(it, state), got {self.callback!r}")
+        if self.resume and self.out_dir is None:
+            raise ValueError("resume=True needs out_dir (the folder holding the checkpoints)")
+        if self.out_dir is not None:
+            if not isinstance(self.out_dir, (str, os.PathLike)):
+                raise ValueError(f"out_dir must be None or a folder path, got {type(self.out_dir).__name__} "
+                                 f"{self.out_dir!r}")
+            if Path(self.out_dir).exists() and not Path(self.out_dir).is_dir():
+                raise ValueError(f"out_dir {str(self.out_dir)!r} is a file; give a folder for the checkpoints")
+            check_writable(self.out_dir, "checkpoint folder")
 
 
 @dataclass
@@ -309,14 +328,9 @@ def _eval_record(iteration: int, result: Any) -> dict[str, Any]:
             "per_seed": [float(a) for a in get("per_seed")]}
 
 
-def _check_loop_args(n_iters: int, checkpoint_every: int | None, eval_every: int,
-                     out_dir: Any, resume: bool) -> None:
-    """ValueError for loop arguments out of range."""
+def _check_loop_args(n_iters: int, out_dir: Any, resume: bool) -> None:
+    """ValueError for a negative iteration count, or a fresh run into a folder that holds another run's checkpoints."""
     require("n_iters", n_iters, Int(0))
-    require("eval_every", eval_every, Int(0))
-    require("checkpoint_every", checkpoint_every, Int(1, optional=True))
-    if resume and out_dir is None:
-        raise ValueError("resume=True needs out_dir (the folder holding the checkpoints)")
     if not resume and out_dir is not None and latest_checkpoint(out_dir) is not None:
         raise ValueError(f"out_dir {str(out_dir)!r} already holds checkpoints of an earlier run; "
                          f"pass resume=True to continue it, or choose an empty folder")
@@ -339,7 +353,7 @@ def run_loop(step: Step, state: dict[str, Any], *, method: str, settings: dict[s
     A non-finite loss (or a state tensor with NaN/inf at a checkpoint) raises FloatingPointError
     naming the iteration and the last good checkpoint.
     """
-    _check_loop_args(n_iters, run.checkpoint_every, run.eval_every, run.out_dir, run.resume)
+    _check_loop_args(n_iters, run.out_dir, run.resume)
     folder = Path(run.out_dir) if run.out_dir is not None else None
     every, eval_every, callback = run.checkpoint_every or max(1, n_iters // 20), run.eval_every, run.callback
     ident = _run_identity(method, settings, identity)
