@@ -140,6 +140,12 @@ def _check_run_options(options: dict[str, Any]) -> None:
         check_writable(out_dir, "checkpoint folder")
 
 
+def select_arguments(method: str) -> list[str]:
+    """The keyword arguments of a selection method beyond dataset, ipc, seed and device (its own settings)."""
+    fn = get_method(method, "select").fn
+    return [p for p in inspect.signature(fn).parameters if p not in ("dataset", "ipc", "seed", "device")]
+
+
 def select(method: str, dataset: Any, ipc: int, seed: int = 0, device: Any = None, **kw: Any):
     """Run a selection method: returns (SyntheticSet of real images, chosen indices).
 
@@ -149,7 +155,7 @@ def select(method: str, dataset: Any, ipc: int, seed: int = 0, device: Any = Non
     """
     info = get_method(method, "select")
     _check_call(dataset, ipc, seed, device)
-    own = [p for p in inspect.signature(info.fn).parameters if p not in ("dataset", "ipc", "seed", "device")]
+    own = select_arguments(method)
     unknown = sorted(set(kw) - set(own))
     if unknown:
         raise ValueError(f"unknown argument(s) {', '.join(map(repr, unknown))} for selection method {method!r}; "
