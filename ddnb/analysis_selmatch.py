@@ -187,3 +187,29 @@ def validation_view(dataset: Any) -> Any:
 def beats(mean_a: float, std_a: float, mean_b: float, std_b: float) -> bool:
     """Whether a is ahead of b by more than the spread over seeds (the larger of the two stds)."""
     return mean_a - mean_b > max(std_a, std_b)
+
+
+def settings_grid(part: Any, ipc: int, alphas: list[float], betas: list[float], train: Trainer, *, val_seeds: int,
+                  val_epochs: int, budget: str = "cpu", seed: int = 0, device: Any = None,
+                  **overrides: Any) -> tuple[Any, dict[tuple[int, float, float, str], SyntheticSet]]:
+    """The three settings for every (alpha, beta), scored on `part`'s validation split: (table, sets by key)."""
+    import pandas as pd
+
+    from ddnb.train import evaluate_synset
+
+    view = validation_view(part)
+    rows, sets = [], {}
+    for alpha in alphas:
+        for beta in betas:
+            made = three_settings(part, ipc, alpha, beta, train, budget=budget, seed=seed, device=device, **overrides)
+            for name, synset in made.items():
+                res = evaluate_synset(synset, view, seeds=val_seeds, epochs=val_epochs, device=device, progress=False)
+                rows.append({"ipc": ipc, "alpha": alpha, "beta": beta, "setting": name, "val_mean": res.mean,
+                             "val_std": res.std})
+                sets[(ipc, alpha, beta, name)] = synset
+    return pd.DataFrame(rows), sets
+
+
+def best_per_setting(table: Any) -> Any:
+    """The row of the best validation accuracy per (ipc, setting) of a `settings_grid` table (ties: first)."""
+    return table.loc[table.groupby(["ipc", "setting"], sort=True)["val_mean"].idxmax()].reset_index(drop=True)

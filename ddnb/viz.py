@@ -431,6 +431,8 @@ def window_figure(scores: Any, dataset: Any, cls: int, ipc: int, alpha: float, b
             if j < len(shown):
                 gray = pixels.shape[-1] == 1
                 cell.imshow(pixels[j][..., 0] if gray else pixels[j], cmap="gray" if gray else None)
+            elif j:
+                cell.set_axis_off()
             if j == 0:
                 cell.set_ylabel(name, fontsize=8)
     fig.tight_layout()

@@ -156,3 +156,16 @@ def test_beats_needs_a_gap_larger_than_the_spread():
     assert an.beats(80.0, 0.5, 78.0, 1.0)
     assert not an.beats(80.0, 2.5, 78.0, 1.0)
     assert not an.beats(78.0, 0.1, 80.0, 0.1)
+
+
+def test_best_per_setting_picks_the_best_validation_row():
+    import pandas as pd
+
+    table = pd.DataFrame([
+        {"ipc": 2, "alpha": 0.5, "beta": 0.0, "setting": "setting1", "val_mean": 50.0},
+        {"ipc": 2, "alpha": 0.5, "beta": 1.0, "setting": "setting1", "val_mean": 60.0},
+        {"ipc": 2, "alpha": 0.5, "beta": 0.0, "setting": "setting3", "val_mean": 70.0},
+        {"ipc": 2, "alpha": 0.5, "beta": 1.0, "setting": "setting3", "val_mean": 70.0},
+    ])
+    best = an.best_per_setting(table)
+    assert best[["setting", "beta"]].values.tolist() == [["setting1", 1.0], ["setting3", 0.0]]
