@@ -119,9 +119,9 @@ def _merge(dataset: Any, real_idx: Tensor, distilled: SyntheticSet, name: str, *
     images = images.flatten(0, 1)
     ipc = n_real + n_distill
     rows = [c * ipc + j for c in range(k) for j in range(n_real)]
-    keep = {key: distilled.provenance[key] for key in ("window", "distill_indices", "eval_protocol", "syn_lr", "scores")
-            if key in distilled.provenance}
-    provenance = make_provenance(name, distilled.provenance.get("params"), distilled.provenance.get("seed"), **keep, real_rows=rows,
+    p = distilled.provenance
+    keep = {key: p[key] for key in ("window", "distill_indices", "eval_protocol", "syn_lr", "scores") if key in p}
+    provenance = make_provenance(name, p.get("params"), p.get("seed"), **keep, real_rows=rows,
                                  real_indices=real_idx.tolist(), **record)
     return SyntheticSet(images, torch.arange(k).repeat_interleave(ipc), dataset.name, k, tuple(dataset.image_shape),
                         1, provenance)
