@@ -45,7 +45,9 @@ def test_selmatch_real_part_is_harder_than_the_distilled_part(digits):
         assert min(value[i] for i in real[2 * c:2 * c + 2]) >= max(value[i] for i in pre[2 * c:2 * c + 2])
 
 
-def test_official_window_by_share_of_class():
+def test_official_window_by_share_of_class(digits):
+    syn, _ = ddnb.distill("selmatch", digits, 6, budget="smoke", alpha=None, beta=None, iterations=0, progress=False)
+    assert syn.provenance["window"] == {"alpha": 0.6, "beta": 0.5, "start": 3, "n_real": 3, "n_distill": 3}
     assert official_window(300, 6000) == (0.6, 0.5)  # Fashion-MNIST 5 % ~ CIFAR-10 IPC 250
     assert official_window(600, 6000) == (0.2, 0.3)  # 10 % ~ CIFAR-10 IPC 500
     assert official_window(1000, 5000) == (0.1, 0.2)
