@@ -22,6 +22,7 @@ USER_ERRORS = (ValueError, FileNotFoundError)  # what ddnb raises for a user mis
 EXIT_USER_ERROR = 2
 EXIT_NAN_STOP = 3  # a run stopped on a non-finite loss or state (FloatingPointError): a known outcome, not a bug
 CLI_RUN_OPTIONS = ("checkpoint_every", "eval_every")  # run options `ddnb distill --set` may change
+PYTHON_ONLY = ("model", "scores")  # selection arguments that take Python objects: not settable from the command line
 
 
 def parse_value(text: str) -> Any:
@@ -89,6 +90,19 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def select_settings(method: str, items: Sequence[str]) -> dict[str, Any]:
+    """`--set key=value` of `ddnb select`: the method's own settings; an unknown key names the allowed ones."""
+    from ddnb.methods import select_arguments
+
+    settings = parse_settings(items)
+    allowed = [a for a in select_arguments(method) if a not in PYTHON_ONLY]
+    unknown = sorted(set(settings) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown setting(s) {', '.join(map(repr, unknown))} for selection method {method!r}; "
+                         f"allowed: {', '.join(allowed) or 'none'}")
+    return settings
+
+
 def cmd_select(args: argparse.Namespace) -> int:
     """`ddnb select`: pick real images with a selection method and save them as a SyntheticSet."""
     from ddnb.data import load_dataset
@@ -97,9 +111,10 @@ def cmd_select(args: argparse.Namespace) -> int:
     from ddnb.utils import check_writable
 
     get_method(args.method, "select")  # an unknown name fails before the dataset is loaded
+    settings = select_settings(args.method, args.set or [])
     out = check_set_destination(check_writable(args.out, "--out"), overwrite=args.overwrite)
     data = load_dataset(args.dataset, root=args.root, device=args.device)
-    synset, indices = select(args.method, data, args.ipc, seed=args.seed, device=args.device)
+    synset, indices = select(args.method, data, args.ipc, seed=args.seed, device=args.device, **settings)
     synset.save(out)
     _out(f"saved {len(indices)} images ({args.method}, {args.dataset}, ipc {args.ipc}, seed {args.seed}) "
          f"to {args.out}")
@@ -263,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ipc", type=int, required=True, help="images per class")
     p.add_argument("--out", required=True, help="file to save the selected set to (.safetensors)")
     p.add_argument("--overwrite", action="store_true", help="replace --out even when it is not a ddnb set")
+    p.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
+                   help="a setting of the method: beta, alpha, order, score, budget, ... (values parsed as JSON "
+                        "when possible)")
     _add_common(p, seed=True)
     p.set_defaults(func=cmd_select)
 

@@ -6,6 +6,26 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+NB01: dict[str, dict[str, Any]] = {
+    "smoke": dict(ipcs=[2], alphas=[0.5], betas=[0.0, 1.0], val_fraction=0.2, val_seeds=1, val_epochs=2,
+                  filter_epochs=2, eval_epochs=10),
+    "cpu": dict(ipcs=[20, 40], alphas=[0.3, 0.6], betas=[0.0, 0.5, 1.0], val_fraction=0.05, val_seeds=1, val_epochs=8,
+                filter_epochs=8, eval_epochs=20),
+    "paper": dict(ipcs=[300, 600], alphas=[0.2, 0.4, 0.6, 0.8], betas=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+                  val_fraction=0.05, val_seeds=2, val_epochs=500, filter_epochs=500, eval_epochs=500),
+}
+"""Notebook 01 (SelMatch's incompatibility, 000 §3.2 Fig. 2): the IPCs of Fig. 2a (the notebook adds its `ipc`,
+the IPC of Fig. 2b), the alpha x beta grid each setting is tuned over on a validation split (`val_fraction`
+of the training set, `val_seeds` models of `val_epochs` epochs per set), the epochs of the two-shot filter
+models (CCFS trains them as long as the final evaluation) and of the final test evaluations.
+`cpu`: Fashion-MNIST at IPC 20 and 40, DM base (selmatch `cpu`: 30 iterations, 64 real images per class,
+forgetting scores of the `cpu` score budget: 500 images per class, 2 seeds x 10 epochs). Not measured; an
+estimate for 2 cores from the costs measured in earlier issues (DM about 1.5 s per iteration at 128 real per
+class, so about 0.6 s at 64; a ConvNet-3 trains about 170 images/s with DSA, taken as the rate here too):
+12 grid points x 2 distillations x 30 iterations x 0.6 s = 7 min; filter and validation models about
+250,000 image-steps = 24 min; test evaluations (Fig. 2a, 2b; 3 seeds x 20 epochs) about 200,000 = 20 min;
+scores 3 min: about 55 min in all. `paper`: 000 §3.2 on Fashion-MNIST's 5 % and 10 % (IPC 300, 600)."""
+
 NB02: dict[str, dict[str, Any]] = {
     "smoke": dict(probe_epochs=1, speed_iterations=2, ablation_iterations=2, ablation_eval_epochs=2,
                   ablation_experts=[1], tsne_per_class=10),
@@ -27,7 +47,8 @@ NB03: dict[str, dict[str, Any]] = {
 """Notebook 03 (DREAM): in-loop evaluations per distillation (accuracy curves), steps and real images
 per class of the sampler trace (002 Fig. 2b, 1a/5, 8)."""
 
-STUDIES: dict[str, dict[str, dict[str, Any]]] = {"02_dance_distribution_shift": NB02, "03_dream_mmd_tsne": NB03}
+STUDIES: dict[str, dict[str, dict[str, Any]]] = {"01_selmatch_incompatibility": NB01,
+                                                 "02_dance_distribution_shift": NB02, "03_dream_mmd_tsne": NB03}
 
 
 def study(notebook: str, budget: str) -> dict[str, Any]:

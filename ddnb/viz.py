@@ -399,3 +399,41 @@ def score_extremes(scores: Any, dataset: Any, cls: int, n: int = 8, *, title: st
     fig.suptitle(title or f"class {_name(_class_names(None, dataset), cls)}: {scores.kind} scores")
     fig.tight_layout()
     return fig
+
+
+def window_figure(scores: Any, dataset: Any, cls: int, ipc: int, alpha: float, beta: float,
+                  n_images: int = 8) -> Figure:
+    """SelMatch's window on a class: its score histogram with the D_real and D_pre-distill parts, and their images."""
+    from ddnb.methods.selection import class_window
+
+    real, pre = class_window(scores, cls, ipc, alpha, beta)
+    value = dict(zip(scores.indices.tolist(), scores.values.tolist()))
+    members = scores.values[scores.labels == cls].numpy()
+    fig = plt.figure(figsize=(max(6.0, 0.8 * n_images), 5.2))
+    grid = fig.add_gridspec(3, n_images, height_ratios=[3, 1, 1])
+    ax = fig.add_subplot(grid[0, :])
+    bins = np.histogram_bin_edges(members, bins=30)
+    ax.hist(members, bins=bins, color="lightgrey", label=f"class ({len(members)} images)")
+    for idx, colour, name in ((real, "tab:red", "D_real (kept real)"), (pre, "tab:blue", "D_pre-distill")):
+        if len(idx):
+            ax.hist([value[int(i)] for i in idx], bins=bins, color=colour, alpha=0.8, label=f"{name}: {len(idx)}")
+    ax.set(xlabel=f"{scores.kind} ({'higher' if scores.higher_is_harder else 'lower'} is harder)", ylabel="images",
+           title=f"class {_name(_class_names(None, dataset), cls)}: window at beta={beta}, alpha={alpha}, IPC {ipc}")
+    ax.legend(fontsize=8)
+    for row, (idx, name) in enumerate(((real, "D_real"), (pre, "pre-distill")), start=1):
+        shown = idx[:n_images]
+        pixels = to_display(dataset.x_train[shown.to(dataset.x_train.device)].detach().cpu(), dataset) if len(shown) \
+            else []
+        for j in range(n_images):
+            cell = fig.add_subplot(grid[row, j])
+            cell.set_xticks([])
+            cell.set_yticks([])
+            if j < len(shown):
+                gray = pixels.shape[-1] == 1
+                cell.imshow(pixels[j][..., 0] if gray else pixels[j], cmap="gray" if gray else None)
+            elif j:
+                cell.set_axis_off()
+            if j == 0:
+                cell.set_ylabel(name, fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -3,7 +3,8 @@ that tests (and scripts) can call without a browser.
 
 `CheckpointRecorder` is a distillation `callback` that keeps copies of the synthetic images as
 they evolve; `synset_browser` flips through a synthetic set by class and over those checkpoints;
-`selection_browser` steps through the real batches each sampler picked (`ddnb.analysis.sampler_trace`).
+`selection_browser` steps through the real batches each sampler picked (`ddnb.analysis.sampler_trace`);
+`window_browser` slides SelMatch's window (beta) over a class's difficulty histogram.
 """
 from __future__ import annotations
 
@@ -137,6 +138,32 @@ def selection_browser(coords: np.ndarray, labels: Tensor | np.ndarray, selection
 
     def redraw(_change: Any = None) -> None:
         image.value = selection_png(coords, labels, selections, pick.value, slider.value, class_names[pick.value])
+
+    pick.observe(redraw, names="value")
+    slider.observe(redraw, names="value")
+    redraw()
+    return w.VBox([w.HBox([pick, slider]), image])
+
+
+def window_png(scores: Any, dataset: Any, cls: int, ipc: int, alpha: float, beta: float) -> bytes:
+    """PNG bytes of `viz.window_figure` (the picture of `window_browser`; also what tests can check)."""
+    fig = viz.window_figure(scores, dataset, cls, ipc, alpha, beta)
+    try:
+        return viz.figure_png(fig, dpi=100)
+    finally:
+        plt.close(fig)
+
+
+def window_browser(scores: Any, dataset: Any, ipc: int, alpha: float, betas: Sequence[float]) -> Any:
+    """A panel: class dropdown and beta slider; the picture (`window_png`) shows SelMatch's window on the class."""
+    import ipywidgets as w
+
+    pick = w.Dropdown(options=[(n, i) for i, n in enumerate(dataset.classes)], value=0, description="class")
+    slider = w.SelectionSlider(options=list(betas), value=betas[0], description="beta", continuous_update=False)
+    image = w.Image(format="png")
+
+    def redraw(_change: Any = None) -> None:
+        image.value = window_png(scores, dataset, pick.value, ipc, alpha, slider.value)
 
     pick.observe(redraw, names="value")
     slider.observe(redraw, names="value")

@@ -381,3 +381,23 @@ def test_an_unwritable_out_fails_before_the_run(capsys, tmp_path, monkeypatch):
 def test_eval_of_a_folder_says_it_is_a_folder(capsys, tmp_path):
     code, _, err = run_main(capsys, "eval", str(tmp_path), "--seeds", "1", "--device", "cpu")
     assert_one_line_error(code, err, f"{tmp_path} is a folder; give the path of a ddnb.SyntheticSet")
+
+
+def test_select_passes_settings_through(capsys, tmp_path):
+    path = tmp_path / "w.safetensors"
+    code, out, _ = run_main(capsys, "select", "window", "--dataset", "digits", "--ipc", "4", "--device", "cpu",
+                            "--set", "beta=1.0", "alpha=0.5", "budget=smoke", "--out", str(path))
+    assert code == 0, out
+    window = SyntheticSet.load(path).provenance["window"]
+    assert window == {"beta": 1.0, "alpha": 0.5, "start": 4, "n_real": 2, "n_distill": 2}
+
+
+@pytest.mark.parametrize("setting, words", [
+    ("nosuch=1", ["'nosuch'", "allowed: beta, alpha, score, budget"]),
+    ("scores=1", ["'scores'", "allowed: beta, alpha, score, budget"]),
+    ("beta=2", ["beta must be", "got 2"]),
+])
+def test_select_bad_settings_are_one_line_errors(capsys, tmp_path, setting, words):
+    code, _, err = run_main(capsys, "select", "window", "--dataset", "digits", "--ipc", "4", "--device", "cpu",
+                            "--set", "budget=smoke", setting, "--out", str(tmp_path / "x.safetensors"))
+    assert_one_line_error(code, err, *words)

@@ -24,5 +24,5 @@ def test_study_returns_a_copy():
 def test_unknown_budget_or_notebook_names_value_and_allowed():
     with pytest.raises(ValueError, match=r"budget 'gpu'.*allowed: smoke, cpu, paper"):
         studies.study("03_dream_mmd_tsne", "gpu")
-    with pytest.raises(ValueError, match=r"notebook '99_x'.*allowed: 02_dance_distribution_shift"):
+    with pytest.raises(ValueError, match=r"notebook '99_x'.*allowed: 01_selmatch_incompatibility, 02_dance"):
         studies.study("99_x", "smoke")

@@ -270,3 +270,43 @@ def test_selection_browser_picture_follows_its_controls():
     assert image.value == widgets.selection_png(coords, labels, sel, 0, 0, "zero")
     pick.value, slider.value = 1, 1
     assert image.value == widgets.selection_png(coords, labels, sel, 1, 1, "one")
+
+
+def _window_scores():
+    """Digits with forgetting scores 0..N-1 (a higher index is harder) over every training image."""
+    from ddnb.data import load_dataset
+    from ddnb.scores import Scores
+
+    data = load_dataset("digits")
+    return data, Scores.from_values(data, "forgetting", torch.arange(len(data.x_train), dtype=torch.float64))
+
+
+def test_class_window_takes_the_classes_ranks():
+    from ddnb.methods.selection import class_window
+
+    data, scores = _window_scores()
+    members = torch.nonzero(data.y_train.cpu() == 2).view(-1).flip(0)  # hardest first: highest index first
+    real, pre = class_window(scores, 2, 10, 0.3, 0.5)
+    assert real.tolist() == members[5:12].tolist() and pre.tolist() == members[12:15].tolist()
+    with pytest.raises(ValueError, match="cls must be an int >= 0 and <= 9"):
+        class_window(scores, 10, 10, 0.3, 0.5)
+
+
+def test_window_figure_shows_the_window_parts_and_their_images():
+    data, scores = _window_scores()
+    fig = viz.window_figure(scores, data, 2, 10, 0.3, 0.5, n_images=4)
+    hist = fig.axes[0]
+    counts = [sum(p.get_height() for p in c) for c in hist.containers if isinstance(c, BarContainer)]
+    assert counts == [int((data.y_train == 2).sum()), 7, 3]
+    shown = [ax for ax in fig.axes[1:] if ax.images]
+    assert len(fig.axes) == 1 + 2 * 4 and len(shown) == 4 + 3
+
+
+def test_window_browser_picture_follows_its_controls():
+    data, scores = _window_scores()
+    panel = widgets.window_browser(scores, data, 10, 0.3, [0.0, 0.5, 1.0])
+    (pick, slider), image = panel.children[0].children, panel.children[1]
+    assert image.value == widgets.window_png(scores, data, 0, 10, 0.3, 0.0)
+    pick.value, slider.value = 3, 1.0
+    assert image.value == widgets.window_png(scores, data, 3, 10, 0.3, 1.0)
+    assert bytes(image.value).startswith(PNG_MAGIC)

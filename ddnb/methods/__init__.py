@@ -13,7 +13,8 @@ KINDS = ("select", "distill")
 BUDGETS = ("smoke", "cpu", "paper")
 # Modules that register methods when imported; add a module here when you add a method file.
 _METHOD_MODULES = ("ddnb.methods.coreset", "ddnb.methods.dm", "ddnb.methods.dc", "ddnb.methods.mtt",
-                  "ddnb.methods.dance", "ddnb.methods.dream", "ddnb.methods.selection")
+                  "ddnb.methods.dance", "ddnb.methods.dream", "ddnb.methods.selection",
+                  "ddnb.methods.selmatch")
 
 
 @dataclass
@@ -114,6 +115,12 @@ def _check_call(dataset: Any, ipc: Any, seed: Any, device: Any) -> None:
     resolve_device(device)
 
 
+def select_arguments(method: str) -> list[str]:
+    """The keyword arguments of a selection method beyond dataset, ipc, seed and device (its own settings)."""
+    fn = get_method(method, "select").fn
+    return [p for p in inspect.signature(fn).parameters if p not in ("dataset", "ipc", "seed", "device")]
+
+
 def select(method: str, dataset: Any, ipc: int, seed: int = 0, device: Any = None, **kw: Any):
     """Run a selection method: returns (SyntheticSet of real images, chosen indices).
 
@@ -123,7 +130,7 @@ def select(method: str, dataset: Any, ipc: int, seed: int = 0, device: Any = Non
     """
     info = get_method(method, "select")
     _check_call(dataset, ipc, seed, device)
-    own = [p for p in inspect.signature(info.fn).parameters if p not in ("dataset", "ipc", "seed", "device")]
+    own = select_arguments(method)
     unknown = sorted(set(kw) - set(own))
     if unknown:
         raise ValueError(f"unknown argument(s) {', '.join(map(repr, unknown))} for selection method {method!r}; "

@@ -91,6 +91,13 @@ def window_split(ranking: Sequence[Tensor], ipc: int, alpha: float, beta: float)
     return real, distill
 
 
+def class_window(scores: Scores, cls: int, ipc: int, alpha: float, beta: float) -> tuple[Tensor, Tensor]:
+    """The window of one class: (D_real, D_pre-distill) training indices, each hardest first."""
+    ranking = class_ranking(scores, "hard")
+    require("cls", cls, Int(0, len(ranking) - 1))
+    return window_split([ranking[cls]], ipc, alpha, beta)
+
+
 def _window_parts(ipc: int, beta: float, alpha: float, s: Scores) -> tuple[Tensor, Tensor, dict[str, Any]]:
     """The window's real and distillation indices and its record for provenance."""
     real, distill = window_split(class_ranking(s, "hard"), ipc, alpha, beta)
