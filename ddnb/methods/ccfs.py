@@ -198,7 +198,7 @@ def _filter_outputs(ctx: _Context, x_s: Tensor, y_s: Tensor, phase: int) -> tupl
 
     s = ctx.settings
     config = {"set": _digest(x_s, y_s), "universe": _digest(ctx.universe), "seed": iteration_seed(ctx.seed, phase),
-              "teacher": _teacher_config(ctx.dataset, s) if s["protocol"] == "sl+kd" else None,
+              "teacher": _teacher_config(s) if s["protocol"] == "sl+kd" else None,
               **{k: s[k] for k in ("protocol", "arch", "epochs")}}
     path = cache_dir("filters") / f"{ctx.dataset.name}_{_digest(json.dumps(config, sort_keys=True))}.safetensors"
     if path.is_file():
@@ -243,7 +243,7 @@ def _digest(*parts: Any) -> str:
     return h.hexdigest()[:20]
 
 
-def _teacher_config(dataset: Any, s: dict[str, Any]) -> dict[str, Any]:
+def _teacher_config(s: dict[str, Any]) -> dict[str, Any]:
     """The training settings of the teacher (one expert on the whole training set, seed 0)."""
     return dict(arch=s["arch"], n=1, epochs=s["teacher_epochs"], lr=0.01, momentum=0.9, weight_decay=5e-4,
                 dsa=True, seed=0, schedule="multistep")
@@ -255,7 +255,7 @@ def teacher(dataset: Any, settings: dict[str, Any], device: Any = None) -> nn.Mo
     from ddnb.models import get_model
 
     dev = resolve_device(device)
-    traj = train_experts(dataset, device=dev, progress=False, **_teacher_config(dataset, settings))[0]
+    traj = train_experts(dataset, device=dev, progress=False, **_teacher_config(settings))[0]
     c, h, _ = dataset.image_shape
     model = load_params(get_model(settings["arch"], c, dataset.num_classes, h), traj[-1]).to(dev)
     return model.eval().requires_grad_(False)
@@ -269,8 +269,7 @@ def eval_kwargs(dataset: Any, settings: dict[str, Any], device: Any = None) -> d
 
 def _teacher_correct(ctx: _Context) -> Tensor:
     """Per training image: whether the teacher classifies it correctly (universe images only; others False)."""
-    model = ctx.teacher if ctx.teacher is not None else teacher(ctx.dataset, ctx.settings, ctx.device)
-    logits, _ = module_outputs(model, ctx.dataset, ctx.universe)
+    logits, _ = module_outputs(ctx.teacher, ctx.dataset, ctx.universe)
     y = ctx.dataset.y_train.cpu()
     ok = torch.zeros(len(y), dtype=torch.bool)
     ok[ctx.universe] = logits.argmax(1) == y[ctx.universe]
@@ -286,16 +285,18 @@ def pre_scores(dataset: Any, settings: dict[str, Any], device: Any = None) -> An
     return compute_scores(dataset, kind, budget=settings["score_budget"], seed=0, device=device, progress=False)
 
 
-def context(dataset: Any, settings: dict[str, Any], seed: int, device: Any,
-            fit_filter: FitFilter | None = None, scores: Any = None) -> _Context:
-    """Everything a run's phases share: scores (ranking key and raw values per training image), teacher."""
+def context(dataset: Any, settings: dict[str, Any], seed: int, device: Any, fit_filter: FitFilter | None = None,
+            scores: Any = None, teacher_model: nn.Module | None = None) -> _Context:
+    """Everything a run's phases share: scores (ranking key and raw values per training image), the teacher
+    (given, else the cached one when the protocol or teacher_correct needs it); fit_filter(x, y, phase)
+    replaces the cached filter training (a stub in tests)."""
     dev = resolve_device(device)
     sc = scores if scores is not None else pre_scores(dataset, settings, dev)
     n = len(dataset.x_train)
     key, raw = torch.full((n,), float("nan"), dtype=torch.float64), torch.full((n,), float("nan"), dtype=torch.float64)
     key[sc.indices], raw[sc.indices] = sc.difficulty().double(), sc.values.double()
     needs = settings["protocol"] == "sl+kd" or settings["teacher_correct"]
-    model = teacher(dataset, settings, dev) if needs and fit_filter is None else None
+    model = teacher_model if teacher_model is not None or not needs else teacher(dataset, settings, dev)
     return _Context(dataset, settings, seed, dev, sc, sc.indices.cpu(), key, raw, model, fit_filter)
 
 
