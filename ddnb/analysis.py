@@ -273,13 +273,17 @@ def coverage(real_feats: Tensor, syn_feats: Tensor) -> float:
     return float(torch.cdist(real_feats.float(), syn_feats.float()).min(1).values.mean())
 
 
-def class_coverage(net: nn.Module, pool: Any, synset: Any) -> float:
-    """Mean over classes of `coverage`: distance from each real pool image to the nearest synthetic one of its class."""
+def class_coverages(net: nn.Module, pool: Any, synset: Any) -> list[float]:
+    """`coverage` per class: distance from each real pool image to the nearest synthetic one of its class."""
     images, labels = synset.decoded()
     real_feats, syn_feats = embed_images(net, pool.x_train), embed_images(net, images)
     labels, real_labels = labels.to(syn_feats.device), pool.y_train.to(real_feats.device)
-    return float(np.mean([coverage(real_feats[real_labels == c], syn_feats[labels == c])
-                          for c in range(pool.num_classes)]))
+    return [coverage(real_feats[real_labels == c], syn_feats[labels == c]) for c in range(pool.num_classes)]
+
+
+def class_coverage(net: nn.Module, pool: Any, synset: Any) -> float:
+    """Mean over classes of `class_coverages`."""
+    return float(np.mean(class_coverages(net, pool, synset)))
 
 
 def pool_dataset(dataset: Any, n_per_class: int, seed: int = 0) -> tuple[Any, Tensor]:

@@ -1,4 +1,4 @@
-"""The `ddnb` command: list datasets and methods, select, distill, evaluate, run notebooks.
+"""The `ddnb` command: list datasets and methods, select, distill, evaluate, run notebooks, report.
 
 A thin layer over the same functions the notebooks call. A user mistake (unknown name, missing
 file, IPC larger than a class, unknown setting, bad option value, unwritable --out) ends with exit
@@ -202,6 +202,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """`ddnb report`: print the "Measured here" Markdown table of the records under a results folder."""
+    from ddnb.records import record_result, report_table
+
+    for run_dir in args.record or []:
+        path = record_result(run_dir, args.results, overwrite=args.overwrite)
+        print(f"recorded {run_dir} as {path}", file=sys.stderr)
+    _out(report_table(args.results))
+    return 0
+
+
 def device_name(text: str) -> str:
     """A --device value, checked by `resolve_device` (a device that is here) so that a typo is a usage error."""
     from ddnb.utils import resolve_device
@@ -293,6 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace the earlier run in a non-empty output folder (its listed files)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="print the Markdown table of the recorded runs under a results folder")
+    p.add_argument("results", nargs="?", default="results",
+                   help="folder of records <notebook>/<budget>-<dataset>-ipcN-seedS.json (default results)")
+    p.add_argument("--record", action="append", metavar="RUN_DIR",
+                   help="first copy this finished run's results.json into the folder (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="with --record: replace an existing record")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

@@ -1,8 +1,10 @@
 """Notebook runs: execute a notebook headlessly with papermill, record what it found in one
-`results.json` schema, and collect many runs into one table.
+`results.json` schema.
 
 Every notebook ends by calling `write_results(...)`; `run_notebook` adds the executed notebook to
 the record and, when the notebook dies, marks the run failed (writing a record if it had none).
+A finding that compares two means decides with `compare_means` (the gap must exceed the spread).
+Tables over many runs and the committed record of reference runs are `ddnb.records`.
 """
 from __future__ import annotations
 
@@ -16,20 +18,19 @@ import warnings
 from importlib import metadata
 from numbers import Real
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
 from ddnb.utils import TEMP_RE, atomic_save_json, check_writable
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 RESULTS_NAME = "results.json"
 STATUSES = ("ok", "failed")
 RESULT_KEYS = ("notebook", "status", "params", "metrics", "findings", "artifacts", "versions",
                "duration_s", "error")
 FINDING_KEYS = ("id", "claim", "holds", "values")
+VERDICTS = ("holds", "fails", "within noise", "no spread")
+SPREADS = ("std", "sem")
 _ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -44,6 +45,36 @@ def finding(id: str, claim: str, holds: bool, values: Mapping[str, Any] | None =
     if values is not None and not isinstance(values, Mapping):
         raise ValueError(f"finding {id!r}: values must be a dict of name -> value, got {type(values).__name__}")
     return {"id": id, "claim": claim, "holds": bool(holds), "values": _plain(dict(values or {}))}
+
+
+def compare_means(a: Iterable[float], b: Iterable[float], *, spread: str = "std",
+                  names: tuple[str, str] = ("a", "b")) -> dict[str, Any]:
+    """Is mean(a) above mean(b) by more than the larger spread of the two? Means, stds, gap, spread, verdict.
+
+    `spread="std"`: the larger population std (ddof 0, as `EvalResult.std`), for values over seeds;
+    `"sem"`: the larger standard error of the mean (ddof 1 / sqrt(n)), for a population of samples,
+    steps or classes. Only a side with at least 2 values has a spread. Verdict: "holds" (gap > spread),
+    "fails" (gap < -spread), "within noise" (|gap| <= spread) or "no spread" (neither side has 2 values).
+    """
+    if spread not in SPREADS:
+        raise ValueError(f"spread must be one of {SPREADS}, got {spread!r}")
+    if len(names) != 2 or names[0] == names[1] or not all(isinstance(n, str) and _ID.match(n) for n in names):
+        raise ValueError(f"names must be two different identifiers, got {names!r}")
+    sides = [np.asarray(list(v), dtype=float) for v in (a, b)]
+    for name, v in zip(names, sides):
+        if v.ndim != 1 or not len(v) or not np.isfinite(v).all():
+            raise ValueError(f"{name}: need a non-empty list of finite numbers, got {v.tolist()!r}")
+    stds = [float(v.std()) for v in sides]
+    spreads = [float(v.std(ddof=1) / math.sqrt(len(v))) if spread == "sem" else sd
+               for v, sd in zip(sides, stds) if len(v) >= 2]
+    used = max(spreads) if spreads else None
+    gap = float(sides[0].mean() - sides[1].mean())
+    verdict = ("no spread" if used is None else "holds" if gap > used else "fails" if gap < -used
+               else "within noise")
+    out: dict[str, Any] = {}
+    for name, v, sd in zip(names, sides, stds):
+        out.update({f"mean_{name}": float(v.mean()), f"std_{name}": sd, f"n_{name}": len(v)})
+    return {**out, "gap": gap, "spread": used, "spread_kind": spread, "verdict": verdict}
 
 
 def versions() -> dict[str, str | None]:
@@ -115,10 +146,10 @@ def read_results(path: str | Path) -> dict[str, Any]:
         path = path / RESULTS_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no results file at {str(path)!r}")
-    results = json.loads(path.read_text())
     try:
+        results = json.loads(path.read_text())
         validate_results(results)
-    except ValueError as exc:
+    except (ValueError, UnicodeDecodeError) as exc:  # json.JSONDecodeError is a ValueError
         raise ValueError(f"{path}: {exc}") from exc
     return results
 
@@ -214,31 +245,6 @@ def _clear_output(out: Path, overwrite: bool) -> None:
     for folder in sorted((p for p in out.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
         if not any(folder.iterdir()):
             folder.rmdir()
-
-
-def collect(root: str | Path) -> pd.DataFrame:
-    """Gather every results.json under `root` (recursively) into one table, one row per run:
-    params as `param.<name>`, metrics as `metric.<name>`, findings as `finding.<id>` (bool)."""
-    import pandas as pd
-
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"no folder {str(root)!r} to collect results from")
-    files = sorted(root.rglob(RESULTS_NAME))
-    if not files:
-        raise FileNotFoundError(f"no {RESULTS_NAME} under {str(root)!r}")
-    return pd.DataFrame([_row(root, f) for f in files])
-
-
-def _row(root: Path, path: Path) -> dict[str, Any]:
-    """One table row from one results.json."""
-    res = read_results(path)
-    row: dict[str, Any] = {"run": str(path.parent.relative_to(root)), "notebook": res["notebook"],
-                           "status": res["status"], "duration_s": res["duration_s"], "error": res["error"]}
-    row.update({f"param.{k}": v for k, v in res["params"].items()})
-    row.update({f"metric.{k}": v for k, v in res["metrics"].items()})
-    row.update({f"finding.{f['id']}": f["holds"] for f in res["findings"]})
-    return row
 
 
 def _finish(path: Path, out: Path, params: dict[str, Any], before: dict[str, int], started: float,
@@ -348,16 +354,17 @@ def _artifacts(out: Path, artifacts: Iterable[str | Path] | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _metrics(metrics: Mapping[str, Any]) -> dict[str, float | int]:
-    """Metrics as name -> finite number (numpy / 0-d torch scalars become Python numbers)."""
+def _metrics(metrics: Mapping[str, Any]) -> dict[str, float | int | None]:
+    """Metrics as name -> finite number, or None for one never reached (numpy / 0-d torch scalars become
+    Python numbers)."""
     if not isinstance(metrics, Mapping):
         raise ValueError(f"metrics must be a dict of name -> number, got {type(metrics).__name__}")
     out = {}
     for name, value in metrics.items():
         value = value.item() if hasattr(value, "item") and getattr(value, "ndim", 1) == 0 else value
-        if not isinstance(name, str) or isinstance(value, bool) or not isinstance(value, Real) \
-                or not math.isfinite(value):
-            raise ValueError(f"metric {name!r} must be a finite number, got {value!r}")
+        if not isinstance(name, str) or (value is not None and (
+                isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value))):
+            raise ValueError(f"metric {name!r} must be a finite number or None (not reached), got {value!r}")
         out[name] = value
     return out
 

@@ -9,12 +9,13 @@ from typing import Any
 NB02: dict[str, dict[str, Any]] = {
     "smoke": dict(probe_epochs=1, speed_iterations=2, ablation_iterations=2, ablation_eval_epochs=2,
                   ablation_experts=[1], tsne_per_class=10),
-    "cpu": dict(probe_epochs=6, speed_iterations=3, ablation_iterations=30, ablation_eval_epochs=100,
+    "cpu": dict(probe_epochs=6, speed_iterations=10, ablation_iterations=30, ablation_eval_epochs=100,
                 ablation_experts=[1, 2], tsne_per_class=40),
     "paper": dict(probe_epochs=60, speed_iterations=100, ablation_iterations=10_000, ablation_eval_epochs=1000,
                   ablation_experts=[1, 2, 3, 4, 10, 15, 20], tsne_per_class=100),
 }
-"""Notebook 02 (DANCE): epochs of the held-out probe (001 Fig. 3a), iterations timed per method (Tab. 4),
+"""Notebook 02 (DANCE): epochs of the held-out probe (001 Fig. 3a), iterations timed per method (Tab. 4; DANCE's
+median seconds per iteration over them also sets its equal-time iterations),
 length and evaluation epochs of each ablation run and the expert counts compared (Tab. 5, 6; paper:
 1-20 experts, 10,000 iterations), t-SNE points per class."""
 

@@ -200,6 +200,18 @@ def test_centre_boundary_split_and_coverage_by_hand():
         A.centre_boundary_split(feats, frac=0.9)
 
 
+def test_class_coverages_per_class_by_hand():
+    class Flat(nn.Module):
+        def embed(self, x: torch.Tensor) -> torch.Tensor:
+            return x.flatten(1)
+
+    pool = SimpleNamespace(x_train=torch.tensor([[0.0, 0.0], [3.0, 4.0], [6.0, 8.0]]), y_train=torch.tensor([0, 0, 1]),
+                           num_classes=2)
+    syn = SimpleNamespace(decoded=lambda: (torch.tensor([[0.0, 0.0], [6.0, 8.0]]), torch.tensor([0, 1])))
+    assert A.class_coverages(Flat(), pool, syn) == pytest.approx([(0 + 5) / 2, 0.0])
+    assert A.class_coverage(Flat(), pool, syn) == pytest.approx(1.25)
+
+
 def test_iterations_to_reach_and_matching_terms():
     evals = [{"iteration": 4, "mean": 60.0}, {"iteration": 2, "mean": 55.0}, {"iteration": 6, "mean": 59.0}]
     assert A.iterations_to_reach(evals, 55.0) == 2

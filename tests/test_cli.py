@@ -142,7 +142,7 @@ def test_no_command_lists_the_commands_and_exits_2(capsys):
     code, out, err = run_main(capsys)
     assert code == 2 and out == "" and err.startswith("usage: ddnb")
     lines = err.splitlines()
-    for name in ("datasets", "methods", "select", "eval", "distill", "run"):
+    for name in ("datasets", "methods", "select", "eval", "distill", "run", "report"):
         assert any(line.split()[:1] == [name] and len(line.split()) > 1 for line in lines), name
     assert lines[-1].startswith("ddnb: error: ")
 
@@ -195,6 +195,24 @@ def test_run_into_a_used_folder_needs_overwrite(capsys, tmp_path):
     assert (out / "results.json").read_text() == record  # the good run is kept
     code, _, err = run_main(capsys, "run", str(nb), "-p", "value", "2", "--out", str(out), "--quiet", "--overwrite")
     assert code == 1 and json.loads((out / "results.json").read_text())["status"] == "failed"
+
+
+def test_report_records_a_run_and_prints_the_table(capsys, tmp_path):
+    from ddnb.runs import write_results
+
+    run = tmp_path / "run"
+    run.mkdir()
+    evaluated = {"idc": {"set": "IDC, 8 iterations", "evaluation": "idc, 300 epochs"}}
+    params = {"budget": "cpu", "dataset": "fashion_mnist", "ipc": 10, "seed": 0, "evaluated": evaluated}
+    write_results(run, "03_dream", params, {"idc_mean": 75.77, "idc_std": 0.7}, [], [], time.time() - 3120)
+    code, out, err = run_main(capsys, "report", str(tmp_path / "results"), "--record", str(run))
+    record = tmp_path / "results" / "03_dream" / "cpu-fashion_mnist-ipc10-seed0.json"
+    assert code == 0 and record.is_file() and str(record) in err
+    assert out.splitlines()[2] == ("| 03 | cpu-fashion_mnist-ipc10-seed0 | idc, 300 epochs | IDC, 8 iterations | "
+                                   "75.77 ± 0.70 | 52 min |")
+    code, _, err = run_main(capsys, "report", str(tmp_path / "results"), "--record", str(run))
+    assert_one_line_error(code, err, "already holds", str(record))
+    assert run_main(capsys, "report", str(tmp_path / "results"))[1] == out
 
 
 def test_methods_lists_the_selectors(capsys):

@@ -99,6 +99,11 @@ TABLE = [
     _row(["run", str(NOTEBOOK), "--out", "{folder}"], "not empty"),
     _row(["run", str(NOTEBOOK), "-p", "nosuch", "1", "--out", "{tmp}/r"], "'nosuch'", "{tmp}/r"),
     _row(["run", str(NOTEBOOK), "-p", "ipc"], "-p"),
+    _row(["report", "{tmp}/missing"], "missing"),
+    _row(["report", "{notes}"], "notes.txt"),
+    _row(["report", "{folder}"], "no records"),
+    _row(["report", "{tmp}/rec", "--record", "{tmp}/missing_run"], "missing_run", "{tmp}/rec"),
+    _row(["report", "{tmp}/rec", "--record", "{notes}"], "notes.txt", "{tmp}/rec"),
 ]
 
 
@@ -172,4 +177,4 @@ def test_bad_value_is_one_line_error_before_any_work(capsys, places, argv, names
 
 def test_the_table_covers_every_subcommand():
     commands = {row[0][0] for row in TABLE}
-    assert {"datasets", "methods", "select", "eval", "distill", "run"} <= commands
+    assert {"datasets", "methods", "select", "eval", "distill", "run", "report"} <= commands

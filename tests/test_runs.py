@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from ddnb import runs, utils
+from ddnb import records, runs, utils
 
 
 def _write_ok(out: Path, **kw) -> Path:
@@ -84,6 +84,7 @@ def test_artifacts_as_paths_or_names_or_all(tmp_path, monkeypatch):
     ({"metrics": {"acc": "50"}}, "metric 'acc' must be a finite number"),
     ({"metrics": {"acc": float("nan")}}, "finite number"),
     ({"metrics": {"ok": True}}, "finite number"),
+    ({"metrics": {"acc": float("inf")}}, "finite number or None"),
     ({"findings": [{"id": "a", "claim": "c", "holds": 1, "values": {}}]}, "holds must be a bool"),
     ({"findings": [{"id": "a", "claim": "c"}]}, "a finding must be a dict with keys"),
     ({"findings": [runs.finding("a", "c", True), runs.finding("a", "d", False)]}, "unique"),
@@ -125,7 +126,7 @@ def test_collect_two_runs_into_one_table(tmp_path):
     _write_ok(tmp_path / "sweep" / "deeper" / "ipc10", params={"ipc": 10, "method": "dm"},
               metrics={"acc": 80.0, "seconds": 3.0},
               findings=[runs.finding("a_beats_b", "a beats b", False), runs.finding("fast", "fast", True)])
-    table = runs.collect(tmp_path / "sweep").set_index("run")
+    table = records.collect(tmp_path / "sweep").set_index("run")
     assert len(table) == 2
     assert table.loc["ipc1", "param.ipc"] == 1 and table.loc["deeper/ipc10", "param.ipc"] == 10
     assert table.loc["deeper/ipc10", "metric.acc"] == 80.0
@@ -138,13 +139,106 @@ def test_collect_two_runs_into_one_table(tmp_path):
 
 def test_collect_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no folder"):
-        runs.collect(tmp_path / "missing")
+        records.collect(tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="no results.json"):
-        runs.collect(tmp_path)
+        records.collect(tmp_path)
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "results.json").write_text(json.dumps({"notebook": "x"}))
     with pytest.raises(ValueError, match="bad/results.json"):
-        runs.collect(tmp_path)
+        records.collect(tmp_path)
+
+
+def test_a_metric_never_reached_is_null_and_collect_skips_it(tmp_path):
+    path = _write_ok(tmp_path / "runs" / "a", metrics={"iterations_to_base": None, "acc": 50.0})
+    assert json.loads(path.read_text())["metrics"]["iterations_to_base"] is None
+    _write_ok(tmp_path / "runs" / "b", metrics={"iterations_to_base": 4, "acc": 60.0})
+    table = records.collect(tmp_path / "runs").set_index("run")
+    assert math.isnan(table.loc["a", "metric.iterations_to_base"])
+    assert table["metric.iterations_to_base"].mean() == 4.0  # not (4 + -1) / 2, not an error
+
+
+# ------------------------------------------------------------------ compare_means
+
+@pytest.mark.parametrize("a, b, spread, gap, used, verdict", [
+    # means 81 and 78.25, population stds 1 and 0.25: gap 2.75 > 1
+    ([80.0, 82.0], [78.0, 78.5], "std", 2.75, 1.0, "holds"),
+    # gap 0.5 <= larger std 1
+    ([80.0, 82.0], [80.5, 80.5], "std", 0.5, 1.0, "within noise"),
+    # a below b by 3 > 1
+    ([78.0, 78.0], [80.0, 82.0], "std", -3.0, 1.0, "fails"),
+    # gap exactly the spread does not exceed it
+    ([80.0, 82.0], [79.0, 81.0], "std", 1.0, 1.0, "within noise"),
+    # [1, 2, 3]: population std sqrt(2/3) = 0.8165 > gap 0.5; sample std 1, sem 1/sqrt(3) = 0.5774 > 0.5
+    ([1.0, 2.0, 3.0], [1.5, 1.5, 1.5], "std", 0.5, math.sqrt(2 / 3), "within noise"),
+    ([1.0, 2.0, 3.0], [1.5, 1.5, 1.5], "sem", 0.5, 1 / math.sqrt(3), "within noise"),
+    # [1, 2, 3] vs [1.4, 1.4]: gap 0.6 > sem 0.5774 (the single-valued side has none of its own)
+    ([1.0, 2.0, 3.0], [1.4], "sem", 0.6, 1 / math.sqrt(3), "holds"),
+    # one value a side: no spread to exceed
+    ([90.0], [10.0], "std", 80.0, None, "no spread"),
+])
+def test_compare_means_by_hand(a, b, spread, gap, used, verdict):
+    out = runs.compare_means(a, b, spread=spread, names=("new", "old"))
+    assert out["gap"] == pytest.approx(gap)
+    assert out["spread"] == (None if used is None else pytest.approx(used))
+    assert out["verdict"] == verdict and out["spread_kind"] == spread
+    assert out["mean_new"] == pytest.approx(np.mean(a)) and out["mean_old"] == pytest.approx(np.mean(b))
+    assert out["std_new"] == pytest.approx(np.std(a)) and (out["n_new"], out["n_old"]) == (len(a), len(b))
+    assert runs.finding("x", "claim", out["verdict"] == "holds", out)["values"]["verdict"] == verdict
+
+
+def test_compare_means_rejects_bad_input():
+    for a, b, kw, match in [([], [1.0], {}, "non-empty"), ([1.0, float("nan")], [1.0], {}, "finite"),
+                            ([1.0], [2.0], {"spread": "var"}, "spread must be"),
+                            ([1.0], [2.0], {"names": ("x", "x")}, "names")]:
+        with pytest.raises(ValueError, match=match):
+            runs.compare_means(a, b, **kw)
+
+
+# ------------------------------------------------------------------ records under results/ and the report
+
+def _run(out: Path, notebook: str = "02_dance", **params) -> Path:
+    """A finished run folder of `notebook` with two accuracies, one described by params["evaluated"]."""
+    params = {"budget": "cpu", "dataset": "fashion_mnist", "ipc": 10, "seed": 0,
+              "evaluated": {"dm": {"set": "DM, 500 iterations", "evaluation": "dc, 300 epochs"}}, **params}
+    _write_ok(out, notebook=notebook, params=params,
+              metrics={"dm_mean": 81.084, "dm_std": 0.081, "random_mean": 76.4, "random_std": 0.07, "rho": -0.9,
+                       "dance_mean": 80.0},  # no std: not a table row
+              started=time.time() - 6300)
+    return out
+
+
+def test_record_result_files_the_run_by_notebook_budget_dataset_ipc_seed(tmp_path):
+    run = _run(tmp_path / "outputs" / "x", seed=1)
+    path = records.record_result(run, tmp_path / "results")
+    assert path == tmp_path / "results" / "02_dance" / "cpu-fashion_mnist-ipc10-seed1.json"
+    assert runs.read_results(path) == runs.read_results(run)
+    with pytest.raises(ValueError, match="already holds"):
+        records.record_result(run, tmp_path / "results")
+    assert records.record_result(run, tmp_path / "results", overwrite=True) == path
+    bare = tmp_path / "bare"
+    _write_ok(bare, params={"ipc": 1, "dataset": "digits"})
+    with pytest.raises(ValueError, match=r"\['budget', 'seed'\]"):
+        records.record_result(bare, tmp_path / "results")
+    failed = tmp_path / "failed"
+    _write_ok(failed, params={}, status="failed", error="boom")
+    with pytest.raises(ValueError, match="boom"):
+        records.record_result(failed, tmp_path / "results")
+
+
+def test_report_table_rows_from_records(tmp_path):
+    for seed in (1, 0):
+        records.record_result(_run(tmp_path / f"run{seed}", seed=seed), tmp_path / "results")
+    lines = records.report_table(tmp_path / "results").splitlines()
+    assert lines[0] == "| notebook | run | evaluation | set | accuracy (%) | wall time |"
+    assert lines[2:] == [
+        "| 02 | cpu-fashion_mnist-ipc10-seed0 | dc, 300 epochs | DM, 500 iterations | 81.08 ± 0.08 | 105 min |",
+        "| 02 | cpu-fashion_mnist-ipc10-seed0 | - | random | 76.40 ± 0.07 | 105 min |",
+        "| 02 | cpu-fashion_mnist-ipc10-seed1 | dc, 300 epochs | DM, 500 iterations | 81.08 ± 0.08 | 105 min |",
+        "| 02 | cpu-fashion_mnist-ipc10-seed1 | - | random | 76.40 ± 0.07 | 105 min |"]
+    with pytest.raises(FileNotFoundError, match="no records"):
+        records.report_table(tmp_path / "run0")
+    with pytest.raises(FileNotFoundError, match="no results folder"):
+        records.report_table(tmp_path / "missing")
 
 
 # ------------------------------------------------------------------ run_notebook
