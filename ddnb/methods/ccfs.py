@@ -57,7 +57,7 @@ SPEC = dict(base=Text(), base_budget=Choice("smoke", "cpu", "paper"), alpha=Floa
             protocol=Choice("sl+kd", "hl"), arch=Text(), epochs=Int(1), teacher_epochs=Int(1),
             score_budget=Choice("smoke", "cpu", "paper"))
 BUDGETS = {
-    "smoke": {**_COMMON, "base_budget": "smoke", "score_budget": "smoke", "epochs": 5, "teacher_epochs": 3},
+    "smoke": {**_COMMON, "base_budget": "smoke", "score_budget": "smoke", "epochs": 2, "teacher_epochs": 2},
     # a guess for Fashion-MNIST on 2 cores (not measured): filters of 30 epochs on a few hundred images per class
     "cpu": {**_COMMON, "base_budget": "cpu", "score_budget": "cpu", "epochs": 30, "teacher_epochs": 10},
     # 000 §5.1 / official scripts: filter = evaluation epochs (500 at 5-10 %), teacher 200 epochs, forgetting
