@@ -59,3 +59,16 @@ def study(notebook: str, budget: str) -> dict[str, Any]:
     if budget not in sizes:
         raise ValueError(f"notebook {notebook} has no study sizes for budget {budget!r}; allowed: {', '.join(sizes)}")
     return copy.deepcopy(sizes[budget])
+
+NB04: dict[str, dict[str, Any]] = {
+    "smoke": dict(ipc=8, seeds=2, oracle_betas=[0.5], oracle_seeds=1, curricula=[1, 2, 3, 4], classes=3, tab1_ipcs=1),
+    # an estimate, not measured: sized to finish in about 60 minutes on 2 CPU cores with Fashion-MNIST
+    "cpu": dict(ipc=20, seeds=3, oracle_betas=[0.0, 0.3, 0.6, 0.9], oracle_seeds=1, curricula=[1, 2, 3, 4], classes=3,
+                tab1_ipcs=2),
+    "paper": dict(ipc=300, seeds=3, oracle_betas=[round(0.1 * i, 1) for i in range(10)], oracle_seeds=2,
+                  curricula=[1, 2, 3, 4], classes=3, tab1_ipcs=2),
+}
+"""Notebook 04 (CCFS): the lower IPC (the higher is twice it; paper: 5 % and 10 % of Fashion-MNIST, IPC 300
+and 600), run seeds per configuration, the oracle window's betas and validation seeds (Tab. 1), the curricula
+compared (Tab. 5), classes shown in Fig. 4c, how many of the two IPCs Tab. 1 covers (smoke: the lower only). Filter and evaluation epochs are the ccfs budget's `epochs`."""
+STUDIES["04_ccfs_curriculum"] = NB04
