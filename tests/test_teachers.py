@@ -84,3 +84,24 @@ def test_relabel_refuses_a_non_module(digits):
     coreset = SyntheticSet.from_real(digits, torch.arange(3), "random")
     with pytest.raises(ValueError, match="nn.Module"):
         relabel(coreset, "convnet3")
+
+
+def test_cli_eval_with_a_named_teacher_under_sl_and_sl_kd(tmp_path, monkeypatch, capsys, digits):
+    import json
+
+    from ddnb.cli import main
+
+    monkeypatch.setenv("DDNB_CACHE", str(tmp_path))
+    monkeypatch.setitem(TEACHERS, "convnet3_weak", dict(arch="convnet3", model_kw={"width": 8}, epochs=1, pool=10,
+                                                        dsa=False))
+    path = tmp_path / "set.safetensors"
+    SyntheticSet.from_real(digits, torch.arange(20), "random").save(path)
+    for protocol in ("sl", "sl+kd"):
+        assert main(["eval", str(path), "--protocol", protocol, "--teacher", "convnet3_weak", "--epochs", "1",
+                     "--seeds", "1", "--json", "--quiet", "--device", "cpu"]) == 0
+        res = json.loads(capsys.readouterr().out)
+        assert res["protocol"]["regime"] == protocol and res["teacher_name"] == "convnet3_weak"
+    assert res["protocol"]["teacher"] is not None and res["protocol"]["cutmix_alpha"] == 1.0
+    assert len(list((tmp_path / "teachers").glob("*.safetensors"))) == 1  # trained once, then cached
+    assert main(["eval", str(path), "--teacher", "convnet3_weak", "--seeds", "1", "--quiet"]) == 2
+    assert "--teacher needs --protocol sl or sl+kd" in capsys.readouterr().err
