@@ -59,7 +59,7 @@ def test_early_checkpoint_of_a_longer_run_differs_and_cache_is_used(digits, tmp_
         raise AssertionError("the cache should have been used")
 
     monkeypatch.setattr(cp, "checkpoint_el2n", no_training)
-    again, again_idx = ddnb.select("cad_prune", digits, 5, **kw)
+    _, again_idx = ddnb.select("cad_prune", digits, 5, **kw)
     assert again_idx.tolist() == a_idx.tolist()
     with pytest.raises(ValueError, match="long_epochs"):
         ddnb.select("cad_prune", digits, 5, checkpoint="early", long_epochs=1, **kw)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-import ddnb.teachers as teachers
 from ddnb.data import load_dataset
 from ddnb.synset import SyntheticSet
 from ddnb.teachers import TEACHERS, get_teacher, relabel, train_teacher
