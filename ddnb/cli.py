@@ -139,17 +139,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
         get_model(args.arch, c, data.num_classes, h)
     except ValueError as exc:
         raise ValueError(f"--arch {args.arch!r}: {exc}") from exc
+    synset, extra = _with_teacher(args, synset, data)
     res = evaluate_synset(synset, data, arch=args.arch, seeds=args.seeds, epochs=args.epochs,
                           dsa=True if args.dsa else None, protocol=args.protocol, device=args.device,
-                          progress=not args.quiet)
+                          progress=not args.quiet, **extra)
     if args.json:
-        _out(json.dumps({"file": str(args.file), "dataset": synset.dataset, **res.to_dict()}))
+        _out(json.dumps({"file": str(args.file), "dataset": synset.dataset, **res.to_dict(),
+                         "teacher_name": args.teacher}))
     else:
         per_seed = ", ".join(f"{a:.2f}" for a in res.per_seed)
         used = res.protocol
         _out(f"{args.file}: {res} test accuracy; per seed: {per_seed}; protocol {used['name']} "
              f"({'carried by the set' if used['source'] == 'set' else used['source']}, {used['epochs']} epochs)")
     return 0
+
+
+def _with_teacher(args: argparse.Namespace, synset: Any, data: Any) -> tuple[Any, dict[str, Any]]:
+    """`--teacher NAME`: under --protocol sl the set relabeled by the teacher, under sl+kd the teacher to train with."""
+    if args.teacher is None:
+        return synset, {}
+    if args.protocol not in ("sl", "sl+kd"):
+        raise ValueError(f"--teacher needs --protocol sl or sl+kd, got --protocol {args.protocol}")
+    from ddnb.teachers import get_teacher, relabel
+
+    teacher = get_teacher(args.teacher, data, device=args.device, progress=not args.quiet)
+    return (relabel(synset, teacher), {}) if args.protocol == "sl" else (synset, {"teacher": teacher})
 
 
 def history_path(out: str | Path) -> Path:
@@ -292,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dsa", action="store_true", help="train with DSA augmentation (default: the protocol's)")
     p.add_argument("--protocol", default=None,
                    help="named evaluation protocol: dc, hl, sl, sl+kd, idc (default: the one the set carries, else dc)")
+    p.add_argument("--teacher", default=None,
+                   help="a named teacher (ddnb.teachers.TEACHERS; trained on the set's dataset and cached on first "
+                        "use): soft labels for --protocol sl, the on-the-fly labeller for sl+kd")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_common(p)

@@ -1,5 +1,6 @@
 """Matching losses the distillation methods share: mean feature (DM), MMD, layer-wise gradient
-distance (DC/DSA), normalized trajectory distance (MTT), calibration cross-entropy (DANCE)."""
+distance (DC/DSA), normalized trajectory distance (MTT), calibration cross-entropy (DANCE),
+BatchNorm-statistics matching (SRe2L, DWA)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -87,3 +88,45 @@ def calibration_loss(logits: Tensor, labels: Tensor) -> Tensor:
     if labels.dim() == 2:
         return -(labels * F.log_softmax(logits, -1)).sum(-1).mean()
     return F.cross_entropy(logits, labels)
+
+
+def bn_input_stats(model: torch.nn.Module, x: Tensor) -> tuple[Tensor, list[tuple[torch.nn.Module, Tensor, Tensor]]]:
+    """(logits, [(bn layer, batch mean, batch variance) per BatchNorm layer in forward order]) of one forward.
+
+    Mean and variance are of each BN layer's input over batch and space, per channel, the variance
+    biased (divided by N*H*W) as BN normalizes with; the model's mode is left as is (SRe2L runs eval).
+    """
+    stats: list[tuple[torch.nn.Module, Tensor, Tensor]] = []
+
+    def hook(module: torch.nn.Module, inputs: tuple[Tensor, ...]) -> None:
+        h = inputs[0]
+        dims = [0, *range(2, h.dim())]
+        stats.append((module, h.mean(dims), h.var(dims, unbiased=False)))
+
+    handles = [m.register_forward_pre_hook(hook) for m in model.modules()
+               if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    try:
+        logits = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return logits, stats
+
+
+def bn_matching_loss(model: torch.nn.Module, x: Tensor, var_weight: float = 1.0,
+                     first_multiplier: float = 1.0) -> tuple[Tensor, Tensor]:
+    """SRe2L (004 Eq. 1) / DWA (Eq. 2) BN-statistics loss and the logits of the same forward.
+
+    sum_l w_l (||mu_l(x) - RM_l||_2 + var_weight * ||sigma_l^2(x) - RV_l||_2), with w_1 =
+    first_multiplier (the SRe2L code weighs the first BN layer by 10) and w_l = 1 after; var_weight 1
+    is SRe2L, another value DWA's lambda_var. ValueError when the model has no BatchNorm layer.
+    """
+    logits, stats = bn_input_stats(model, x)
+    if not stats:
+        raise ValueError("the BN-statistics loss needs a model with BatchNorm layers (e.g. convnet3 with "
+                         "norm='batchnorm', resnet10_bn); this one has none")
+    total = logits.new_zeros(())
+    for i, (bn, mean, var) in enumerate(stats):
+        term = torch.norm(mean - bn.running_mean, 2) + var_weight * torch.norm(var - bn.running_var, 2)
+        total = total + (first_multiplier if i == 0 else 1.0) * term
+    return total, logits

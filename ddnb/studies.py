@@ -70,5 +70,6 @@ NB04: dict[str, dict[str, Any]] = {
 }
 """Notebook 04 (CCFS): the lower IPC (the higher is twice it; paper: 5 % and 10 % of Fashion-MNIST, IPC 300
 and 600), run seeds per configuration, the oracle window's betas and validation seeds (Tab. 1), the curricula
-compared (Tab. 5), classes shown in Fig. 4c, how many of the two IPCs Tab. 1 covers (smoke: the lower only). Filter and evaluation epochs are the ccfs budget's `epochs`."""
+compared (Tab. 5), classes shown in Fig. 4c, how many of the two IPCs Tab. 1 covers (smoke: the lower only).
+Filter and evaluation epochs are the ccfs budget's `epochs`."""
 STUDIES["04_ccfs_curriculum"] = NB04

@@ -40,7 +40,7 @@ IDC_EVAL_DSA = "idc:color_crop_flip_scale_rotate"  # IDC's evaluation augmentati
 # 0.9, weight decay 5e-4, lr x0.1 half way; 300 epochs, 1000 with DSA). "hl" and "sl" are the
 # small-scale columns of paper 004 Tab. 1 ("StepLR@151" of 300 epochs = x0.1 at half way);
 # momentum / weight decay that Tab. 1 leaves open follow DC (SGD) and torch's AdamW default (0.01).
-# "sl+kd" is the SL setting with a teacher (pass teacher=...); CutMix is optional there.
+# "sl+kd" is the SL setting with a teacher (pass teacher=...) and CutMix (alpha 1) on every batch (Tab. 1).
 # "idc" is the IDC family's evaluation (IDC argument.py / train.py, used by DREAM(+) and DANCE): batch 64,
 # lr x0.2 at 2/3 and 5/6 of training, the IDC augmentation composition without cutout, CutMix (alpha 1)
 # with probability 0.5 (its Fashion-MNIST / MNIST / CIFAR setting), 1000 epochs (DANCE: 1500).
@@ -52,7 +52,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
     "sl": dict(regime="sl", optimizer="adamw", lr=1e-3, weight_decay=0.01, batch_size=256,
                schedule="cosine", warmup_epochs=0, epochs=300, dsa=True, temperature=20.0),
     "sl+kd": dict(regime="sl+kd", optimizer="adamw", lr=1e-3, weight_decay=0.01, batch_size=256,
-                  schedule="cosine", warmup_epochs=0, epochs=300, dsa=True, temperature=20.0),
+                  schedule="cosine", warmup_epochs=0, epochs=300, dsa=True, temperature=20.0, cutmix_alpha=1.0),
     "idc": dict(regime="hl", optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, batch_size=64,
                 schedule="multistep", milestones=IDC_MILESTONES, gamma=0.2, warmup_epochs=0, epochs=1000,
                 dsa=IDC_EVAL_DSA, cutmix_alpha=1.0, cutmix_prob=0.5, temperature=1.0),

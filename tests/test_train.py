@@ -222,6 +222,7 @@ def test_evaluate_counts_correct_predictions_and_restores_mode():
 def test_protocols_follow_paper_table_and_dc_reference():
     assert PROTOCOLS["hl"]["optimizer"] == "sgd" and PROTOCOLS["hl"]["lr"] == 0.01
     assert PROTOCOLS["sl"]["optimizer"] == "adamw" and PROTOCOLS["sl"]["temperature"] == 20
+    assert PROTOCOLS["sl+kd"]["cutmix_alpha"] == 1.0 and "cutmix_alpha" not in PROTOCOLS["sl"]
     assert resolve_protocol("dc", None, None, {})["epochs"] == 300
     assert resolve_protocol("dc", None, True, {})["epochs"] == 1000
     assert resolve_protocol("hl", None, None, {"lr": 0.1})["lr"] == 0.1

@@ -14,7 +14,7 @@ BUDGETS = ("smoke", "cpu", "paper")
 # Modules that register methods when imported; add a module here when you add a method file.
 _METHOD_MODULES = ("ddnb.methods.coreset", "ddnb.methods.dm", "ddnb.methods.dc", "ddnb.methods.mtt",
                   "ddnb.methods.dance", "ddnb.methods.dream", "ddnb.methods.selection",
-                  "ddnb.methods.selmatch", "ddnb.methods.ccfs")
+                  "ddnb.methods.selmatch", "ddnb.methods.ccfs", "ddnb.methods.sre2l", "ddnb.methods.cad_prune")
 
 
 @dataclass
