@@ -66,7 +66,8 @@ def phase_images(records: Sequence[Mapping[str, Any]], dataset: Any, classes: Se
     """Fig. 4c: rows are classes, column blocks phases; each block the n selected images of median score."""
     picks = median_images(records, dataset.y_train.cpu(), classes, n)
     phases = [r["phase"] for r in records]
-    fig, axes = plt.subplots(len(classes), len(phases) * n, figsize=(0.9 * n * len(phases) + 1, 1.0 * len(classes) + 0.8),
+    size = (0.9 * n * len(phases) + 1, 1.0 * len(classes) + 0.8)
+    fig, axes = plt.subplots(len(classes), len(phases) * n, figsize=size,
                              squeeze=False)
     for row, c in enumerate(classes):
         for col, p in enumerate(phases):
