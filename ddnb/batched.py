@@ -9,7 +9,8 @@ models, the convolutional blocks per model on its slices of the stacked tensors 
 convolution, which `torch.func.vmap` lowers to, ran 1.5-2.5x slower than separate ones on the CPU
 measured, and ConvNet-3's convolutions already run near the CPU's FMA peak). One backward and one
 optimizer step serve all models; SGD and AdamW act elementwise, so each slice follows its model's
-sequential run up to float rounding. Supported: the ConvNet family without BatchNorm and the MLP (see `batch_unsupported`).
+sequential run up to float rounding. Supported: the ConvNet family without BatchNorm and the MLP
+(see `batch_unsupported`).
 """
 from __future__ import annotations
 
@@ -104,7 +105,7 @@ def train_models(
     """Train models[k] in place as train_model(models[k], ..., seed=seeds[k]) would, all in one batched step
     per batch; returns one history (train_loss, lr, seconds) per model. Settings as train_model's.
 
-    The models must share one architecture and have no buffers. Raises FloatingPointError naming the
+    The models share one supported architecture (see batch_unsupported). Raises FloatingPointError naming the
     seed and the epoch when a model's loss becomes NaN or infinite.
     """
     if len(models) != len(seeds) or not models:
@@ -112,8 +113,8 @@ def train_models(
     reason = batch_unsupported(models[0])
     if reason is not None:
         raise ValueError(f"{type(models[0]).__name__} cannot train batched: {reason}")
-    if any(dict(m.named_parameters()).keys() != dict(models[0].named_parameters()).keys() or
-           any(p.shape != q.shape for p, q in zip(m.parameters(), models[0].parameters())) for m in models):
+    shapes = [[(name, p.shape) for name, p in m.named_parameters()] for m in models]
+    if any(s != shapes[0] for s in shapes):
         raise ValueError("train_models needs models of one architecture (the same parameter names and shapes)")
     dev = resolve_device(device) if device is not None else next(models[0].parameters()).device
     kind = check_training(regime, labels, images.shape[0], label_kind, teacher, batch_size, temperature)
