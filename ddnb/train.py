@@ -11,10 +11,11 @@ forked RNG state (the caller's RNG state is untouched). Same seed, same device -
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -29,6 +30,8 @@ from ddnb.utils import resolve_device
 if TYPE_CHECKING:
     from ddnb.data import Dataset
     from ddnb.synset import SyntheticSet
+
+log = logging.getLogger(__name__)
 
 REGIMES = ("hl", "sl", "sl+kd")
 OPTIMIZERS = ("sgd", "adamw")
@@ -122,13 +125,13 @@ def _lr_at(schedule: str, base: float, e: int, epochs: int, warmup: int, starts:
 
 
 # ------------------------------------------------------------------------- training
-def _make_optimizer(name: str, model: nn.Module, lr: float, momentum: float,
-                    weight_decay: float) -> torch.optim.Optimizer:
-    """SGD (with momentum) or AdamW over the model's parameters."""
+def make_optimizer(name: str, params: Iterable[Tensor], lr: float, momentum: float,
+                   weight_decay: float) -> torch.optim.Optimizer:
+    """SGD (with momentum) or AdamW over `params`."""
     if name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
 
 
@@ -157,6 +160,19 @@ def _check_labels(regime: str, labels: Tensor, n: int, label_kind: str | None) -
                          "or pass labels.argmax(1)")
     if regime == "sl" and kind == "hard":
         raise ValueError("regime 'sl' needs soft labels of shape (N, K); use regime 'hl' for hard labels")
+    return kind
+
+
+def check_training(regime: str, labels: Tensor, n: int, label_kind: str | None, teacher: nn.Module | None,
+                   batch_size: int, temperature: float) -> str:
+    """The training settings that do not depend on the schedule fit together; returns the label kind."""
+    kind = _check_labels(regime, labels, n, label_kind)
+    if regime == "sl+kd" and teacher is None:
+        raise ValueError("regime 'sl+kd' needs a teacher model (teacher=...)")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
     return kind
 
 
@@ -199,17 +215,11 @@ def train_model(
     Raises FloatingPointError naming the epoch when the loss becomes NaN or infinite.
     """
     dev = resolve_device(device) if device is not None else next(model.parameters()).device
-    kind = _check_labels(regime, labels, images.shape[0], label_kind)
-    if regime == "sl+kd" and teacher is None:
-        raise ValueError("regime 'sl+kd' needs a teacher model (teacher=...)")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    kind = check_training(regime, labels, images.shape[0], label_kind, teacher, batch_size, temperature)
     lrs = lr_schedule(schedule, lr, epochs, warmup_epochs, milestones, gamma)
     strategy = _dsa_strategy(dsa)
     model.to(dev)
-    opt = _make_optimizer(optimizer, model, lr, momentum, weight_decay)
+    opt = make_optimizer(optimizer, model.parameters(), lr, momentum, weight_decay)
     x, y = images.detach().to(dev), labels.detach().to(dev)
     teacher_was_training = teacher.training if teacher is not None else False
     if teacher is not None:
@@ -296,6 +306,7 @@ class EvalResult:
     arch: str
     seconds: float
     seeds: list[int] = field(default_factory=list)
+    path: str = "sequential"  # how the seeds trained: "batched" (one stacked step) or "sequential"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (for results.json)."""
@@ -362,7 +373,7 @@ def evaluate_synset(
     synset: SyntheticSet, dataset: Dataset, arch: str = "convnet3", seeds: int | Sequence[int] = 5,
     epochs: int | None = None, dsa: bool | str | None = None, protocol: str | None = None,
     device: str | torch.device | None = None, progress: bool = True,
-    model_kw: dict[str, Any] | None = None, **overrides: Any,
+    model_kw: dict[str, Any] | None = None, batched: bool | None = None, **overrides: Any,
 ) -> EvalResult:
     """Train a fresh `arch` per seed on the synthetic set and report final-epoch test accuracy (%).
 
@@ -373,7 +384,12 @@ def evaluate_synset(
     seeds: a count n (seeds 0..n-1) or explicit seeds; seed i sets both the model init and the
     training order. dsa None: the protocol's choice ("dc": off; 1000 epochs when on). With regime
     "hl" a soft-label set trains on the argmax class. std is the population std over seeds (numpy, ddof=0).
+    batched None: with several seeds, train all models together in one stacked step per batch
+    (ddnb.batched.train_models, the same per-seed result up to float rounding) where the architecture
+    allows it (no BatchNorm), else one after another (logged); True / False force either. The
+    result's `path` says which ran.
     """
+    from ddnb.batched import batch_unsupported, train_models
     from ddnb.models import get_model
 
     require_synset(synset, require_dataset(dataset))
@@ -381,24 +397,38 @@ def evaluate_synset(
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seed_list:
         raise ValueError(f"seeds must be a positive count or a non-empty list, got {seeds!r}")
+    if batched not in (None, True, False):
+        raise ValueError(f"batched must be None, True or False, got {batched!r}")
     dev = resolve_device(device)
     images, labels, kind = _training_labels(synset, settings["regime"])
     images, labels = images.to(dev), labels.to(dev)
     x_test, y_test = dataset.x_test.to(dev), dataset.y_test.to(dev)
     c, h, _ = dataset.image_shape
     train_kw = {k: settings[k] for k in _TRAIN_KEYS if k in settings}
-    accs: list[float] = []
     start = time.perf_counter()
-    bar = tqdm(seed_list, desc=f"eval {arch}", disable=not progress)
-    for s in bar:
+    models = []
+    for s in seed_list:
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(s)
-            model = get_model(arch, c, dataset.num_classes, h, **(model_kw or {})).to(dev)
-        train_model(model, images, labels, epochs=settings["epochs"], dsa=settings["dsa"], label_kind=kind,
-                    seed=s, device=dev, progress=progress, **train_kw)
+            models.append(get_model(arch, c, dataset.num_classes, h, **(model_kw or {})).to(dev))
+    reason = batch_unsupported(models[0])
+    if batched and reason is not None:
+        raise ValueError(f"batched=True, but {arch} cannot train batched: {reason}; pass batched=False")
+    use_batched = batched is True or (batched is None and reason is None and len(seed_list) > 1)
+    if batched is None and reason is not None and len(seed_list) > 1:
+        log.info("evaluate_synset: %s trains its %d seeds one after another: %s", arch, len(seed_list), reason)
+    if use_batched:
+        train_models(models, images, labels, seeds=seed_list, epochs=settings["epochs"], dsa=settings["dsa"],
+                     label_kind=kind, device=dev, progress=progress, **train_kw)
+    accs: list[float] = []
+    bar = tqdm(list(zip(seed_list, models)), desc=f"eval {arch}", disable=not progress)
+    for s, model in bar:
+        if not use_batched:
+            train_model(model, images, labels, epochs=settings["epochs"], dsa=settings["dsa"], label_kind=kind,
+                        seed=s, device=dev, progress=progress, **train_kw)
         accs.append(100.0 * evaluate(model, x_test, y_test))
         bar.set_postfix(acc=f"{accs[-1]:.2f}")
     record = {k: v for k, v in settings.items() if k != "teacher"}
     record["teacher"] = type(settings["teacher"]).__name__ if settings.get("teacher") is not None else None
     return EvalResult(float(np.mean(accs)), float(np.std(accs, ddof=0)), accs, record, arch,
-                      time.perf_counter() - start, seed_list)
+                      time.perf_counter() - start, seed_list, "batched" if use_batched else "sequential")

@@ -1,0 +1,98 @@
+"""Seconds to evaluate a set over 5 seeds: all seeds in one batched step vs one after another.
+
+    python benchmarks/bench_eval.py                 # digits, ConvNet-3, DSA: about 2 minutes on 2 cores
+    python benchmarks/bench_eval.py --arch mlp --scale 2
+    python benchmarks/bench_eval.py --dataset fashion_mnist --scale 0.25   # 28 px: far slower (10,000 test images)
+
+Sets: real images at IPC 1, 10 and 50, and an IPC-10 set with IDC factor 2 (4 tiles per stored image,
+400 training images). Each configuration is evaluated with `evaluate_synset(batched=False)` and
+`batched=True` at the same settings (protocol "dc" with DSA, few epochs so the whole run takes minutes),
+after one untimed 1-epoch call of each path. Prints the CPU, the path that ran, both times, the ratio and
+the largest per-seed accuracy difference between the paths (they train the same models).
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# (label, ipc, factor, epochs at scale 1)
+CONFIGS = (("IPC 1", 1, 1, 60), ("IPC 10", 10, 1, 12), ("IPC 50", 50, 1, 4), ("IPC 10 factor 2", 10, 2, 4))
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def make_set(data: Any, ipc: int, factor: int) -> Any:
+    """Real training images, ipc stored images per class; with factor f each holds f*f real images."""
+    from ddnb.augment import factor_encode
+    from ddnb.synset import SyntheticSet
+
+    g = torch.Generator().manual_seed(0)
+    per = ipc * factor * factor
+    picks = [ix[torch.randperm(len(ix), generator=g)[:per]] for ix in data.class_indices()]
+    if factor == 1:
+        return SyntheticSet.from_real(data, torch.cat(picks), "random", seed=0)
+    images = torch.cat([factor_encode(data.x_train[ix], factor) for ix in picks])
+    labels = torch.arange(data.num_classes).repeat_interleave(ipc)
+    return SyntheticSet(images, labels, data.name, data.num_classes, tuple(data.image_shape), factor)
+
+
+def timed(synset: Any, data: Any, args: argparse.Namespace, epochs: int, batched: bool) -> Any:
+    """evaluate_synset over args.seeds seeds on the CPU, forced onto one path."""
+    from ddnb.train import evaluate_synset
+
+    return evaluate_synset(synset, data, arch=args.arch, seeds=args.seeds, epochs=epochs, dsa=True, protocol="dc",
+                           device="cpu", progress=False, batched=batched)
+
+
+def main() -> None:
+    """Run every configuration on both paths and print one line each."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--arch", default="convnet3")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--scale", type=float, default=1.0, help="multiplies every configuration's epochs")
+    args = parser.parse_args()
+    from ddnb.data import load_dataset
+
+    data = load_dataset(args.dataset)
+    print(f"CPU: {cpu_model()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"{data.name}, {args.arch}, {args.seeds} seeds, protocol dc with DSA")
+    total_seq = total_bat = 0.0
+    for label, ipc, factor, epochs in CONFIGS:
+        synset = make_set(data, ipc, factor)
+        epochs = max(1, round(epochs * args.scale))
+        for batched in (False, True):
+            timed(synset, data, args, 1, batched)
+        start = time.perf_counter()
+        seq = timed(synset, data, args, epochs, False)
+        seq_s = time.perf_counter() - start
+        start = time.perf_counter()
+        bat = timed(synset, data, args, epochs, True)
+        bat_s = time.perf_counter() - start
+        total_seq, total_bat = total_seq + seq_s, total_bat + bat_s
+        diff = max(abs(a - b) for a, b in zip(seq.per_seed, bat.per_seed))
+        print(f"{label:16s} {synset.n_decoded:4d} images, {epochs:3d} epochs: {seq.path} {seq_s:6.2f} s, "
+              f"{bat.path} {bat_s:6.2f} s, ratio {seq_s / bat_s:.2f}x (max per-seed accuracy difference "
+              f"{diff:.2f} points)")
+    print(f"all: sequential {total_seq:.2f} s, batched {total_bat:.2f} s, ratio {total_seq / total_bat:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
