@@ -1,5 +1,5 @@
 """Figures of curriculum selection (CCFS, 000 Fig. 4) from the per-phase records a run keeps
-(`history.evals` / provenance "phases"): filter accuracy per phase, the difficulty of each phase's
+(`history.records` / provenance "phases"): filter accuracy per phase, the difficulty of each phase's
 selections, median-difficulty images per phase, and one phase on its class's difficulty histogram
 (the picture of `phase_browser`, a slider over phases)."""
 from __future__ import annotations

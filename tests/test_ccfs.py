@@ -170,14 +170,15 @@ def test_ccfs_on_digits_records_phases_and_reuses_filters(tmp_path, monkeypatch)
     data = ddnb.load_dataset("digits")
     syn, hist = ddnb.distill("ccfs", data, 8, budget="smoke", progress=False, epochs=2)
     assert syn.class_counts() == [8] * 10 and syn.provenance["n_distill"] == 2
-    assert syn.provenance["phases"] == hist.evals and [r["phase"] for r in hist.evals] == [1, 2, 3]
-    assert sum((r["indices"] for r in hist.evals), []) == syn.provenance["real_indices"]
+    assert syn.provenance["phases"] == hist.records and [r["phase"] for r in hist.records] == [1, 2, 3]
+    assert hist.iterations == 3 and hist.evals == []  # one loop iteration per phase; no in-loop evaluation
+    assert sum((r["indices"] for r in hist.records), []) == syn.provenance["real_indices"]
     assert torch.equal(syn.images[20:], data.x_train[syn.provenance["real_indices"]])
     filters = tmp_path / "ccfs" / "filters"
     assert len(list(filters.iterdir())) == 3
     _, other = ddnb.distill("ccfs", data, 8, budget="smoke", progress=False, epochs=2, fine="hard")
     assert len(list(filters.iterdir())) == 5  # phase 1 trains on the same distilled start: reused
-    assert other.evals[0]["filter_train_acc"] == hist.evals[0]["filter_train_acc"]
+    assert other.records[0]["filter_train_acc"] == hist.records[0]["filter_train_acc"]
     sel, idx = ddnb.select("self_evolved", data, 8, budget="smoke", settings={"epochs": 2})
     assert sel.class_counts() == [8] * 10 and len(set(idx.tolist())) == 80
     assert sel.provenance["window"]["indices"] == idx[:20].tolist()

@@ -1,7 +1,8 @@
 """The contract every registered distillation method keeps, parametrized from the registry.
 
 A method registered with `kind="distill"` is tested here the day it is registered, at its smoke
-budget on digits with ipc 2 and two iterations, through the public entry `ddnb.distill` only:
+budget on digits with ipc 2 (CCFS: 3) and two iterations (set through the method's
+`iterations_setting`: CCFS's curriculum phases), through the public entry `ddnb.distill` only:
 
 * resume: a run that crashes after iteration 1 and is resumed from its checkpoint gives the
   same images, labels and losses, bit for bit, as a run that never stopped;
@@ -25,11 +26,23 @@ from ddnb.methods import get_method
 
 DISTILL = [m["name"] for m in ddnb.list_methods() if m["kind"] == "distill"]
 IPC, ITERS, SEED = 2, 2, 1
+# CCFS needs a real image per class for each phase beyond its distilled start: ceil(0.2 * 3) = 1 distilled + 2 real
+IPC_OF = {"ccfs": 3}
 
 
-def _kw(**extra):
-    """The keywords of every run here: smoke budget, seed, two iterations, no progress bar."""
-    return dict(budget="smoke", seed=SEED, progress=False, iterations=ITERS, **extra)
+def _ipc(method):
+    """The ipc of `method`'s runs here."""
+    return IPC_OF.get(method, IPC)
+
+
+def _iters(method, n):
+    """The setting that runs `method` for n loop iterations (iterations; CCFS: curricula)."""
+    return {get_method(method).iterations_setting: n}
+
+
+def _kw(method, iters=ITERS, **extra):
+    """The keywords of every run here: smoke budget, seed, `iters` iterations, no progress bar."""
+    return dict(budget="smoke", seed=SEED, progress=False, **_iters(method, iters), **extra)
 
 
 @functools.lru_cache(maxsize=1)
@@ -40,7 +53,7 @@ def _digits():
 @functools.lru_cache(maxsize=None)
 def _uninterrupted(method):
     """The reference run of `method`: two iterations without checkpoints, evaluation or callback."""
-    syn, hist = ddnb.distill(method, _digits(), IPC, **_kw())
+    syn, hist = ddnb.distill(method, _digits(), _ipc(method), **_kw(method))
     return syn, hist
 
 
@@ -64,10 +77,11 @@ def test_resume_after_crash_is_bit_identical(method, tmp_path):
             raise _Crash
 
     with pytest.raises(_Crash):
-        ddnb.distill(method, _digits(), IPC, out_dir=tmp_path, checkpoint_every=1, callback=crash, **_kw())
+        ddnb.distill(method, _digits(), _ipc(method), out_dir=tmp_path, checkpoint_every=1, callback=crash,
+                     **_kw(method))
     assert sorted(p.name for p in tmp_path.glob("ckpt_*.pt")) == ["ckpt_00000001.pt"]
-    resumed, hist = ddnb.distill(method, _digits(), IPC, out_dir=tmp_path, resume=True, checkpoint_every=1,
-                                 **_kw())
+    resumed, hist = ddnb.distill(method, _digits(), _ipc(method), out_dir=tmp_path, resume=True, checkpoint_every=1,
+                                 **_kw(method))
     assert torch.equal(resumed.images, full.images)
     assert torch.equal(resumed.labels, full.labels)
     assert hist.loss == full_hist.loss and hist.iterations == ITERS
@@ -89,7 +103,7 @@ def _poison_at(k):
 def test_non_finite_loss_stops_naming_the_iteration(method):
     # NaN images after iteration 0: iteration 1's loss is not finite, and the run stops there
     with pytest.raises(FloatingPointError, match=r"loss is (nan|inf|-inf) at iteration 1; last good checkpoint: none"):
-        ddnb.distill(method, _digits(), IPC, callback=_poison_at(0), **_kw())
+        ddnb.distill(method, _digits(), _ipc(method), callback=_poison_at(0), **_kw(method))
 
 
 @pytest.mark.parametrize("method", DISTILL)
@@ -97,8 +111,8 @@ def test_nan_images_are_never_checkpointed(method, tmp_path):
     # the images live in the checkpointed state, so NaN images stop the run at the checkpoint
     with pytest.raises(FloatingPointError,
                        match=r"state\['images'\] holds NaN/inf after iteration 0; last good checkpoint: none"):
-        ddnb.distill(method, _digits(), IPC, out_dir=tmp_path, checkpoint_every=1, callback=_poison_at(0),
-                     **{**_kw(), "iterations": 1})
+        ddnb.distill(method, _digits(), _ipc(method), out_dir=tmp_path, checkpoint_every=1, callback=_poison_at(0),
+                     **_kw(method, iters=1))
     assert not list(tmp_path.glob("ckpt_*.pt"))
 
 
@@ -117,7 +131,7 @@ def test_in_loop_evaluation_records_the_set_of_each_iteration(method, monkeypatc
         return {"mean": mean, "std": 0.5, "per_seed": [mean - 0.5, mean + 0.5]}
 
     monkeypatch.setattr(ddnb.train, "evaluate_synset", fake_evaluate)
-    syn, hist = ddnb.distill(method, _digits(), IPC, eval_every=1, **_kw())
+    syn, hist = ddnb.distill(method, _digits(), _ipc(method), eval_every=1, **_kw(method))
     assert len(seen) == ITERS
     means = [float(images.double().abs().mean()) for images, _ in seen]
     assert hist.evals == [{"iteration": i + 1, "mean": m, "std": 0.5, "per_seed": [m - 0.5, m + 0.5]}
@@ -143,9 +157,9 @@ def _int_settings():
 
 @pytest.mark.parametrize("method, key", _int_settings())
 def test_int_setting_refuses_a_string_naming_setting_and_value(method, key):
-    extra = {} if key == "iterations" else {"iterations": 1}  # if the check is missing, fail fast
+    extra = {} if key == get_method(method).iterations_setting else _iters(method, 1)  # a missing check fails fast
     with pytest.raises(ValueError) as err:
-        ddnb.distill(method, _digits(), IPC, budget="smoke", seed=0, progress=False, **{**extra, key: "abc"})
+        ddnb.distill(method, _digits(), _ipc(method), budget="smoke", seed=0, progress=False, **{**extra, key: "abc"})
     msg = str(err.value)
     assert re.search(rf"\b{re.escape(key)}\b", msg), msg
     assert "abc" in msg, msg
@@ -155,6 +169,6 @@ def test_int_setting_refuses_a_string_naming_setting_and_value(method, key):
 def test_unknown_setting_lists_the_allowed_ones(method):
     allowed = sorted(get_method(method).budgets["smoke"])
     with pytest.raises(ValueError, match=r"unknown setting.*'no_such_setting'") as err:
-        ddnb.distill(method, _digits(), IPC, budget="smoke", seed=0, progress=False, no_such_setting=1)
+        ddnb.distill(method, _digits(), _ipc(method), budget="smoke", seed=0, progress=False, no_such_setting=1)
     listed = str(err.value).split("allowed:", 1)[1]
     assert set(re.findall(r"\w+", listed)) >= set(allowed)

@@ -22,7 +22,8 @@ class MethodInfo:
     """A registered method: its entry point, kind, named budgets, the spec of their settings, its paper.
 
     `check(settings)` (optional) raises ValueError for combinations of settings that each spec allows
-    alone but the method does not (start epochs beyond the experts' length, ...).
+    alone but the method does not (start epochs beyond the experts' length, ...). `iterations_setting`
+    names the setting that counts a distiller's loop iterations (CCFS: "curricula", its phases).
     """
 
     name: str
@@ -33,6 +34,7 @@ class MethodInfo:
     check: Callable[[dict[str, Any]], None] | None = None
     paper: str = ""
     summary: str = ""
+    iterations_setting: str = "iterations"
 
 
 _REGISTRY: dict[str, MethodInfo] = {}
@@ -40,11 +42,13 @@ _REGISTRY: dict[str, MethodInfo] = {}
 
 def register(name: str, kind: str, budgets: dict[str, dict[str, Any]] | None = None,
              spec: dict[str, Spec] | None = None, check: Callable[[dict[str, Any]], None] | None = None,
-             paper: str = "", summary: str = "") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+             paper: str = "", summary: str = "",
+             iterations_setting: str = "iterations") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: put an entry point in the registry under `name`.
 
     A distill entry point is `fn(dataset, ipc, *, seed, device, budget, settings, run)` (`run`: a
-    `ddnb.methods.loop.RunOptions`); every setting of every budget needs a spec.
+    `ddnb.methods.loop.RunOptions`); every setting of every budget needs a spec. `iterations_setting`:
+    the setting that counts the loop's iterations.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -55,7 +59,7 @@ def register(name: str, kind: str, budgets: dict[str, dict[str, Any]] | None = N
             raise ValueError(f"method {name!r} is registered twice")
         doc_line = (fn.__doc__ or "").strip().split("\n")[0]
         _REGISTRY[name] = MethodInfo(name, kind, fn, dict(budgets or {}), dict(spec or {}), check, paper,
-                                     summary or doc_line)
+                                     summary or doc_line, iterations_setting)
         return fn
 
     return deco

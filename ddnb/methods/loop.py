@@ -81,7 +81,7 @@ class RunOptions:
 
 @dataclass
 class History:
-    """What a distillation run did: loss and seconds per iteration, evaluations, checkpoint paths."""
+    """What a distillation run did: loss and seconds per iteration, evaluations, checkpoints, records (CCFS: phases)."""
 
     method: str
     settings: dict[str, Any]
@@ -89,6 +89,7 @@ class History:
     seconds: list[float] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)
     checkpoints: list[str] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def iterations(self) -> int:
@@ -103,7 +104,8 @@ class History:
     def from_dict(cls, d: dict[str, Any]) -> History:
         """Rebuild a History from `to_dict()` output."""
         return cls(method=d["method"], settings=dict(d["settings"]), loss=list(d["loss"]),
-                   seconds=list(d["seconds"]), evals=list(d["evals"]), checkpoints=list(d["checkpoints"]))
+                   seconds=list(d["seconds"]), evals=list(d["evals"]), checkpoints=list(d["checkpoints"]),
+                   records=list(d.get("records", [])))
 
     def save(self, path: str | Path) -> Path:
         """Write the history as JSON atomically (temp file + rename)."""
