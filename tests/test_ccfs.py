@@ -38,7 +38,8 @@ def toy() -> Dataset:
 
 def forgetting(data: Dataset) -> Scores:
     """Distinct forgetting scores (a seeded permutation): the ranking has no ties."""
-    return Scores.from_values(data, "forgetting", torch.randperm(N, generator=torch.Generator().manual_seed(3)).double())
+    order = torch.randperm(N, generator=torch.Generator().manual_seed(3))
+    return Scores.from_values(data, "forgetting", order.double())
 
 
 def settings(**kw) -> dict:

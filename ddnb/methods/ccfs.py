@@ -235,5 +235,6 @@ def self_evolved(dataset: Any, ipc: int, seed: int = 0, device: Any = None, budg
     chosen, records = curriculum(ctx, dataset.x_train[idx].cpu(), dataset.y_train[idx].cpu(), start, ks)
     synset = SyntheticSet.from_real(dataset, chosen, "self_evolved", seed=seed, ipc=ipc, params=s, budget=budget,
                                     window={"beta": beta, "ipc": n_start, "indices": start.tolist()}, phases=records,
-                                    scores=_summary(ctx), eval_protocol=protocol_record(s["protocol"], epochs=s["epochs"]))
+                                    scores=_summary(ctx),
+                                    eval_protocol=protocol_record(s["protocol"], epochs=s["epochs"]))
     return synset, chosen
