@@ -24,8 +24,7 @@ import torch.nn.functional as F
 from torch.func import stack_module_state
 from tqdm.auto import tqdm
 
-from ddnb.train import (IDC_MILESTONES, RegimeLoss, _dsa_strategy, check_training, lr_schedule,
-                        make_optimizer)
+from ddnb.train import IDC_MILESTONES, RegimeLoss, make_optimizer, teacher_in_eval, training_setup
 from ddnb.utils import resolve_device
 
 
@@ -117,21 +116,17 @@ def train_models(
     if any(s != shapes[0] for s in shapes):
         raise ValueError("train_models needs models of one architecture (the same parameter names and shapes)")
     dev = resolve_device(device) if device is not None else next(models[0].parameters()).device
-    kind = check_training(regime, labels, images.shape[0], label_kind, teacher, batch_size, temperature)
-    lrs = lr_schedule(schedule, lr, epochs, warmup_epochs, milestones, gamma)
-    strategy = _dsa_strategy(dsa)
+    lrs, strategy, x, _, step = training_setup(
+        images, labels, regime=regime, label_kind=label_kind, teacher=teacher, batch_size=batch_size,
+        temperature=temperature, schedule=schedule, lr=lr, epochs=epochs, warmup_epochs=warmup_epochs,
+        milestones=milestones, gamma=gamma, dsa=dsa, device=dev)
     for model in models:
         model.to(dev).train()
     params, _ = stack_module_state(list(models))
     opt = make_optimizer(optimizer, params.values(), lr, momentum, weight_decay)
-    x, y = images.detach().to(dev), labels.detach().to(dev)
-    teacher_was_training = teacher.training if teacher is not None else False
-    if teacher is not None:
-        teacher.to(dev).eval()
-    step = RegimeLoss(regime, y, kind, temperature, teacher)
     losses: list[list[float]] = [[] for _ in models]
     start = time.perf_counter()
-    try:
+    with teacher_in_eval(teacher, dev):
         with torch.random.fork_rng(devices=[]):
             streams = [_Stream(s) for s in seeds]
             for e in tqdm(range(epochs), desc=f"train x{len(models)}", leave=False, disable=not progress):
@@ -145,9 +140,6 @@ def train_models(
                                                  f"{e + 1}/{epochs} (lr {lrs[e]:g}); lower the learning rate or "
                                                  "check the inputs for NaN")
                     losses[k].append(loss)
-    finally:
-        if teacher is not None:
-            teacher.train(teacher_was_training)
     with torch.no_grad():
         for k, model in enumerate(models):
             for name, p in model.named_parameters():

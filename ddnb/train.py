@@ -14,8 +14,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -196,6 +197,32 @@ class RegimeLoss:
         return kl_loss(out, target, self.temperature)
 
 
+def training_setup(images: Tensor, labels: Tensor, *, regime: str, label_kind: str | None,
+                   teacher: nn.Module | None, batch_size: int, temperature: float, schedule: str, lr: float,
+                   epochs: int, warmup_epochs: int, milestones: Sequence[float], gamma: float,
+                   dsa: bool | str | None, device: torch.device
+                   ) -> tuple[list[float], str | None, Tensor, Tensor, RegimeLoss]:
+    """What one or many trainings need, checked: per-epoch lrs, the DSA strategy, the data on `device`, the loss."""
+    kind = check_training(regime, labels, images.shape[0], label_kind, teacher, batch_size, temperature)
+    lrs = lr_schedule(schedule, lr, epochs, warmup_epochs, milestones, gamma)
+    x, y = images.detach().to(device), labels.detach().to(device)
+    return lrs, _dsa_strategy(dsa), x, y, RegimeLoss(regime, y, kind, temperature, teacher)
+
+
+@contextmanager
+def teacher_in_eval(teacher: nn.Module | None, device: torch.device) -> Iterator[None]:
+    """The teacher (if any) on `device` in eval mode for the block; its own train/eval mode restored after."""
+    if teacher is None:
+        yield
+        return
+    was_training = teacher.training
+    teacher.to(device).eval()
+    try:
+        yield
+    finally:
+        teacher.train(was_training)
+
+
 def train_model(
     model: nn.Module, images: Tensor, labels: Tensor, *, epochs: int, regime: str = "hl",
     optimizer: str = "sgd", lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
@@ -215,19 +242,15 @@ def train_model(
     Raises FloatingPointError naming the epoch when the loss becomes NaN or infinite.
     """
     dev = resolve_device(device) if device is not None else next(model.parameters()).device
-    kind = check_training(regime, labels, images.shape[0], label_kind, teacher, batch_size, temperature)
-    lrs = lr_schedule(schedule, lr, epochs, warmup_epochs, milestones, gamma)
-    strategy = _dsa_strategy(dsa)
+    lrs, strategy, x, _, step = training_setup(
+        images, labels, regime=regime, label_kind=label_kind, teacher=teacher, batch_size=batch_size,
+        temperature=temperature, schedule=schedule, lr=lr, epochs=epochs, warmup_epochs=warmup_epochs,
+        milestones=milestones, gamma=gamma, dsa=dsa, device=dev)
     model.to(dev)
     opt = make_optimizer(optimizer, model.parameters(), lr, momentum, weight_decay)
-    x, y = images.detach().to(dev), labels.detach().to(dev)
-    teacher_was_training = teacher.training if teacher is not None else False
-    if teacher is not None:
-        teacher.to(dev).eval()
-    step = RegimeLoss(regime, y, kind, temperature, teacher)
     history: dict[str, Any] = {"train_loss": [], "lr": lrs}
     start = time.perf_counter()
-    try:
+    with teacher_in_eval(teacher, dev):
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(seed)
             gen = torch.Generator().manual_seed(seed)
@@ -242,9 +265,6 @@ def train_model(
                 history["train_loss"].append(loss)
                 if on_epoch_end is not None:
                     on_epoch_end(e + 1, model)
-    finally:
-        if teacher is not None:
-            teacher.train(teacher_was_training)
     history["seconds"] = time.perf_counter() - start
     return history
 
