@@ -62,8 +62,10 @@ def main() -> None:
         print(f"{kind:<10} cpu {t1 - t0:6.1f} s, longer {t2 - t1:6.1f} s ({LONGER[kind]}, full width): "
               f"Spearman {overall:.3f} overall, {np.nanmean(per_class):.3f} mean over classes")
     if args.json:
+        record = {"command": "python benchmarks/bench_score_agreement.py --dataset " + args.dataset, "cpu": cpu_name(),
+                  "threads": torch.get_num_threads(), "dataset": args.dataset, "pool_per_class": pool, "kinds": out}
         with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+            json.dump(record, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ README's "Measured here" table made from it (`report_table`, `ddnb report`).
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 RECORD_PARAMS = ("budget", "dataset", "ipc", "seed")  # the params that name a recorded run's file
+NOTEBOOK_FOLDER = re.compile(r"^\d\d_")  # results/NN_slug/ holds notebook runs; other folders (benchmarks/) are not
 
 
 def collect(root: str | Path) -> pd.DataFrame:
@@ -73,13 +75,14 @@ def record_result(run_dir: str | Path, results_root: str | Path, *, overwrite: b
 def report_table(results_root: str | Path) -> str:
     """The README's "Measured here" Markdown table from every record under `results_root`.
 
+    Only the notebook folders (`NN_slug/`) are read; `results/benchmarks/` holds benchmark figures.
     One row per accuracy a run reports (a metric pair `<set>_mean`, `<set>_std`), described by the
     run's `params["evaluated"][<set>]` ({"set": ..., "evaluation": ...}) where the notebook gave one.
     """
     root = Path(results_root)
     if not root.is_dir():
         raise FileNotFoundError(f"no results folder {str(root)!r}")
-    files = sorted(root.glob("*/*.json"))
+    files = sorted(p for p in root.glob("*/*.json") if NOTEBOOK_FOLDER.match(p.parent.name))
     if not files:
         raise FileNotFoundError(f"no records (<notebook>/<run>.json) under {str(root)!r}; "
                                 f"add one with `ddnb report {root} --record RUN_DIR`")

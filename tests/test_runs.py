@@ -352,3 +352,10 @@ def test_overwrite_replaces_only_a_run_folder(tmp_path):
     res = runs.run_notebook(nb, {"x": 2}, out, overwrite=True)
     assert res["status"] == "ok" and res["params"]["x"] == 2
     assert sorted(p.name for p in out.iterdir()) == sorted([*res["artifacts"], "results.json"])
+
+
+def test_report_table_reads_notebook_folders_only(tmp_path):
+    records.record_result(_run(tmp_path / "run0", seed=0), tmp_path / "results")
+    (tmp_path / "results" / "benchmarks").mkdir()
+    (tmp_path / "results" / "benchmarks" / "bench.json").write_text('{"forgetting": {"spearman": 0.8}}')
+    assert len(records.report_table(tmp_path / "results").splitlines()) == 2 + 2  # header + the run's two rows
