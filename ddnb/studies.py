@@ -47,19 +47,6 @@ NB03: dict[str, dict[str, Any]] = {
 """Notebook 03 (DREAM): in-loop evaluations per distillation (accuracy curves), steps and real images
 per class of the sampler trace (002 Fig. 2b, 1a/5, 8)."""
 
-STUDIES: dict[str, dict[str, dict[str, Any]]] = {"01_selmatch_incompatibility": NB01,
-                                                 "02_dance_distribution_shift": NB02, "03_dream_mmd_tsne": NB03}
-
-
-def study(notebook: str, budget: str) -> dict[str, Any]:
-    """A copy of the study sizes of `notebook` (its file name without .ipynb) at `budget`."""
-    if notebook not in STUDIES:
-        raise ValueError(f"no study sizes for notebook {notebook!r}; allowed: {', '.join(STUDIES)}")
-    sizes = STUDIES[notebook]
-    if budget not in sizes:
-        raise ValueError(f"notebook {notebook} has no study sizes for budget {budget!r}; allowed: {', '.join(sizes)}")
-    return copy.deepcopy(sizes[budget])
-
 NB04: dict[str, dict[str, Any]] = {
     "smoke": dict(ipc=8, seeds=2, oracle_betas=[0.5], oracle_seeds=1, curricula=[1, 2, 3, 4], classes=3, tab1_ipcs=1),
     # an estimate, not measured: sized to finish in about 60 minutes on 2 CPU cores with Fashion-MNIST
@@ -72,4 +59,17 @@ NB04: dict[str, dict[str, Any]] = {
 and 600), run seeds per configuration, the oracle window's betas and validation seeds (Tab. 1), the curricula
 compared (Tab. 5), classes shown in Fig. 4c, how many of the two IPCs Tab. 1 covers (smoke: the lower only).
 Filter and evaluation epochs are the ccfs budget's `epochs`."""
-STUDIES["04_ccfs_curriculum"] = NB04
+
+STUDIES: dict[str, dict[str, dict[str, Any]]] = {"01_selmatch_incompatibility": NB01,
+                                                 "02_dance_distribution_shift": NB02, "03_dream_mmd_tsne": NB03,
+                                                 "04_ccfs_curriculum": NB04}
+
+
+def study(notebook: str, budget: str) -> dict[str, Any]:
+    """A copy of the study sizes of `notebook` (its file name without .ipynb) at `budget`."""
+    if notebook not in STUDIES:
+        raise ValueError(f"no study sizes for notebook {notebook!r}; allowed: {', '.join(STUDIES)}")
+    sizes = STUDIES[notebook]
+    if budget not in sizes:
+        raise ValueError(f"notebook {notebook} has no study sizes for budget {budget!r}; allowed: {', '.join(sizes)}")
+    return copy.deepcopy(sizes[budget])
