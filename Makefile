@@ -40,6 +40,7 @@ bench: setup data
 	$(BIN)/python benchmarks/bench_speed.py
 	$(BIN)/python benchmarks/bench_distill.py
 	$(BIN)/python benchmarks/bench_random_fmnist.py
+	$(BIN)/python benchmarks/bench_eval.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
