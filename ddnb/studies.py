@@ -19,12 +19,9 @@ the IPC of Fig. 2b), the alpha x beta grid each setting is tuned over on a valid
 of the training set, `val_seeds` models of `val_epochs` epochs per set), the epochs of the two-shot filter
 models (CCFS trains them as long as the final evaluation) and of the final test evaluations.
 `cpu`: Fashion-MNIST at IPC 20 and 40, DM base (selmatch `cpu`: 30 iterations, 64 real images per class,
-forgetting scores of the `cpu` score budget: 500 images per class, 2 seeds x 10 epochs). Not measured; an
-estimate for 2 cores from the costs measured in earlier issues (DM about 1.5 s per iteration at 128 real per
-class, so about 0.6 s at 64; a ConvNet-3 trains about 170 images/s with DSA, taken as the rate here too):
-12 grid points x 2 distillations x 30 iterations x 0.6 s = 7 min; filter and validation models about
-250,000 image-steps = 24 min; test evaluations (Fig. 2a, 2b; 3 seeds x 20 epochs) about 200,000 = 20 min;
-scores 3 min: about 55 min in all. `paper`: 000 §3.2 on Fashion-MNIST's 5 % and 10 % (IPC 300, 600)."""
+forgetting scores of the `cpu` score budget: 500 images per class, 2 seeds x 10 epochs). Measured here
+(2-core AMD EPYC, alone; results/01_selmatch_incompatibility/cpu-fashion_mnist-ipc40-seed0.json): 31 min in
+all, of which scores 39 s and the validation grid 20 min. `paper`: 000 §3.2 on Fashion-MNIST's 5 % and 10 % (IPC 300, 600)."""
 
 NB02: dict[str, dict[str, Any]] = {
     "smoke": dict(probe_epochs=1, speed_iterations=2, ablation_iterations=2, ablation_eval_epochs=2,
