@@ -21,7 +21,8 @@ models (CCFS trains them as long as the final evaluation) and of the final test 
 `cpu`: Fashion-MNIST at IPC 20 and 40, DM base (selmatch `cpu`: 30 iterations, 64 real images per class,
 forgetting scores of the `cpu` score budget: 500 images per class, 2 seeds x 10 epochs). Measured here
 (2-core AMD EPYC, alone; results/01_selmatch_incompatibility/cpu-fashion_mnist-ipc40-seed0.json): 31 min in
-all, of which scores 39 s and the validation grid 20 min. `paper`: 000 §3.2 on Fashion-MNIST's 5 % and 10 % (IPC 300, 600)."""
+all, of which scores 39 s and the validation grid 20 min. `paper`: 000 §3.2 on Fashion-MNIST's 5 % and 10 %
+(IPC 300, 600)."""
 
 NB02: dict[str, dict[str, Any]] = {
     "smoke": dict(probe_epochs=1, speed_iterations=2, ablation_iterations=2, ablation_eval_epochs=2,
