@@ -30,6 +30,7 @@ from ddnb.embedding import embed_images, project_2d
 from ddnb.experts import load_params
 from ddnb.matching import mmd2
 from ddnb.sampling import DreamSampler, RandomSampler
+from ddnb.settings import Int, require
 from ddnb.utils import resolve_device
 
 BANDWIDTH_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -56,8 +57,7 @@ def as_xy(data: Any) -> tuple[Tensor, Tensor]:
 
 def subsample_per_class(x: Tensor, y: Tensor, num_classes: int, n: int | None, seed: int = 0) -> list[Tensor]:
     """The images of each class, at most n of them drawn at random (seeded) when n is given."""
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 2):
-        raise ValueError(f"max images per class must be an int >= 2 or None, got {n!r}")
+    require("max images per class", n, Int(2, optional=True))
     g = torch.Generator().manual_seed(seed)
     out = []
     for c in range(num_classes):

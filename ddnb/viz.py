@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from ddnb.settings import Int, require  # noqa: E402
 from ddnb.utils import atomic_write_bytes  # noqa: E402
 
 if TYPE_CHECKING:
@@ -84,8 +85,7 @@ def show_images(images: torch.Tensor, labels: torch.Tensor | Sequence[int] | Non
     n = len(pixels)
     if n == 0:
         raise ValueError("show_images needs at least one image, got 0")
-    if isinstance(ncols, bool) or not isinstance(ncols, int) or ncols < 1:
-        raise ValueError(f"ncols must be a positive int, got {ncols!r}")
+    require("ncols", ncols, Int(1))
     ncols = min(ncols, n)
     nrows = math.ceil(n / ncols)
     fig, ax = plt.subplots(figsize=(size * ncols + 0.8, size * nrows + 0.3 + 0.3 * bool(title)))
@@ -106,8 +106,7 @@ def compare_grid(real: torch.Tensor, synthetic: torch.Tensor, real_labels: torch
                  title: str | None = None, size: float = 0.8) -> Figure:
     """Real images (left axes) next to synthetic ones (right axes), one row per class with
     `per_class` images each; a class with fewer images leaves its remaining places blank."""
-    if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
-        raise ValueError(f"per_class must be a positive int, got {per_class!r}")
+    require("per_class", per_class, Int(1))
     sides = [(to_display(real, dataset, mean, std), _hard_labels(real_labels, len(real))),
              (to_display(synthetic, dataset, mean, std), _hard_labels(synthetic_labels, len(synthetic)))]
     classes = sorted(set(sides[0][1].tolist()) | set(sides[1][1].tolist())) if classes is None else list(classes)

@@ -15,6 +15,7 @@ import numpy as np
 from torch import Tensor
 
 from ddnb import viz
+from ddnb.settings import Int, require
 
 Checkpoint = Tensor | tuple[int, Tensor]
 
@@ -27,8 +28,7 @@ class CheckpointRecorder:
     """
 
     def __init__(self, every: int | None = None, key: str = "images") -> None:
-        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
-            raise ValueError(f"every must be a positive int or None (powers of two), got {every!r}")
+        require("every", every, Int(1, optional=True))  # None: checkpoints at powers of two
         self.every, self.key = every, key
         self.frames: list[tuple[int, Tensor]] = []
 
@@ -60,8 +60,7 @@ def images_for_class(synset_or_images: Any, labels: Tensor | None, cls: int,
     if len(y) != len(images):
         raise ValueError(f"{len(y)} labels for {len(images)} images; they must match")
     k = num_classes or (labels.shape[1] if labels.dim() == 2 else int(y.max()) + 1 if len(y) else 0)
-    if isinstance(cls, bool) or not isinstance(cls, int) or not 0 <= cls < k:
-        raise ValueError(f"class {cls!r} does not exist; allowed: an int in 0..{k - 1}")
+    require("class", cls, Int(0, k - 1))
     return images[(y == cls).to(images.device)]
 
 
@@ -183,6 +182,5 @@ def _check_index(checkpoints: Sequence[Checkpoint], idx: int) -> int:
     """`idx` when it is a valid position in `checkpoints`, else ValueError."""
     if not checkpoints:
         raise ValueError("no checkpoints were recorded (pass a CheckpointRecorder as the distill callback)")
-    if isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < len(checkpoints):
-        raise ValueError(f"checkpoint index {idx!r} out of range; allowed: an int in 0..{len(checkpoints) - 1}")
+    require("checkpoint index", idx, Int(0, len(checkpoints) - 1))
     return idx
