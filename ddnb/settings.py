@@ -1,6 +1,6 @@
 """Method settings declared once, next to each method's budgets, and checked in one place.
 
-A method declares the type and range of every setting (`Int`, `Float`, `Bool`, `Choice`, `Text`),
+A method declares the type and range of every setting (`Int`, `Float`, `Bool`, `Choice`, `Strategy`, `Text`),
 in the spirit of scikit-learn's `validate_params`; `check_settings` runs for every method when its
 budget is resolved (API and CLI `--set` alike), so a bad value fails before any work starts, with
 one line naming the setting, the value and what is allowed.
@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 @dataclass(frozen=True)
 class Spec:
-    """What one setting accepts: a kind ("int", "float", "bool", "choice", "text"), bounds, choices, None."""
+    """What one setting accepts: a kind (int, float, bool, choice, text, strategy), bounds, choices, None."""
 
     kind: str
     low: float | None = None
