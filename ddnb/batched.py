@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch.func import stack_module_state
 from tqdm.auto import tqdm
 
-from ddnb.train import IDC_MILESTONES, RegimeLoss, make_optimizer, teacher_in_eval, training_setup
+from ddnb.schedules import IDC_MILESTONES, make_optimizer
+from ddnb.train import RegimeLoss, teacher_in_eval, training_setup
 from ddnb.utils import resolve_device
 
 

@@ -80,7 +80,7 @@ def expert_config(dataset: Dataset, arch: str, epochs: int, lr: float, momentum:
     experts without them (MTT's) are the same as before they existed.
     """
     from ddnb import __version__
-    from ddnb.train import IDC_MILESTONES
+    from ddnb.schedules import IDC_MILESTONES
 
     config = {
         "data": data_fingerprint(dataset), "arch": arch, "model_kw": dict(sorted(model_kw.items())),

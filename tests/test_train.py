@@ -13,8 +13,9 @@ from torch import nn
 
 from ddnb.data import load_dataset
 from ddnb.synset import SyntheticSet
-from ddnb.train import (PROTOCOLS, EvalResult, evaluate, evaluate_synset, kd_loss, kl_loss, lr_schedule,
-                        resolve_protocol, soften, train_model)
+from ddnb.schedules import lr_schedule
+from ddnb.train import (PROTOCOLS, EvalResult, evaluate, evaluate_synset, kd_loss, kl_loss, resolve_protocol, soften,
+                        train_model)
 
 
 def _np_softmax(z: np.ndarray) -> np.ndarray:
