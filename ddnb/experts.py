@@ -155,13 +155,10 @@ def _train_one(dataset: Dataset, arch: str, model_kw: dict[str, Any], seed: int,
                device: torch.device, progress: bool) -> Trajectory:
     """Train one expert (the training settings of `config`) from a seeded init, snapshotting the flat
     parameters at every epoch boundary."""
-    from ddnb.models import get_model
+    from ddnb.models import seeded_model
     from ddnb.train import train_model
 
-    c, h, _ = dataset.image_shape
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        model = get_model(arch, c, dataset.num_classes, h, **model_kw).to(device)
+    model = seeded_model(arch, dataset, seed, device, **model_kw)
     snapshots = [flatten_params(model)]
     optional = {k: config[k] for k in ("milestones", "gamma", "cutmix_alpha", "cutmix_prob") if k in config}
     train_model(model, dataset.x_train, dataset.y_train, epochs=config["epochs"], regime="hl", optimizer="sgd",

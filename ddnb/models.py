@@ -296,6 +296,14 @@ def get_model(name: str, in_channels: int, num_classes: int, image_size: int, **
     return _BUILDERS[name](in_channels, num_classes, image_size, **kw)
 
 
+def seeded_model(name: str, dataset: Any, seed: int, device: Any = "cpu", **kw: Any) -> nn.Module:
+    """`get_model(name, ...)` for `dataset`, initialized from `seed` on `device` without touching the global RNG."""
+    dev = torch.device(device)
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return get_model(name, dataset.channels, dataset.num_classes, dataset.image_size, **kw).to(dev)
+
+
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters of `model` (only those with requires_grad when trainable_only)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -102,7 +102,7 @@ class Scores:
         if v.shape != (n,) or not bool(torch.isfinite(v).all()):
             raise ValueError(f"values must be {n} finite numbers (one per training image of {dataset.name!r}), "
                              f"got shape {tuple(v.shape)}")
-        config = {"kind": kind, "data": _fingerprint(dataset), "source": source}
+        config = {"kind": kind, "data": dataset_fingerprint(dataset), "source": source}
         return cls(kind, v, torch.arange(n), dataset.y_train.detach().cpu().long(), v[None], HIGHER_IS_HARDER[kind],
                    json.loads(json.dumps(config)))
 
@@ -118,7 +118,7 @@ class Scores:
     def check_dataset(self, dataset: Dataset) -> None:
         """ValueError unless the scores were computed for this dataset (name, training-set size and content)."""
         data = self.config["data"]
-        if data != _fingerprint(require_dataset(dataset)):
+        if data != dataset_fingerprint(require_dataset(dataset)):
             raise ValueError(
                 f"{self.kind} scores were computed for {data['name']!r} with {data['x_train'][0]} training images, "
                 f"not for {dataset.name!r} with {len(dataset.x_train)}; allowed: scores computed for this dataset's "
@@ -239,7 +239,7 @@ def _soft_targets(dataset: Dataset, indices: Tensor, temperature: float, teacher
     return soften(labels[indices.to(device)], temperature, infer_label_kind(labels))
 
 
-def _fingerprint(dataset: Dataset) -> dict[str, Any]:
+def dataset_fingerprint(dataset: Dataset) -> dict[str, Any]:
     """The data fingerprint of the experts' cache (name, shapes, content hash) plus the class count."""
     return {**data_fingerprint(dataset), "num_classes": dataset.num_classes}
 
@@ -254,7 +254,7 @@ def _config(dataset: Dataset, kind: str, s: dict[str, Any], model_kw: dict[str, 
     """Everything that determines the scores (its hash is the cache key); kind-specific settings only when used."""
     from ddnb import __version__
 
-    config = {"kind": kind, "data": _fingerprint(dataset), "arch": s["arch"],
+    config = {"kind": kind, "data": dataset_fingerprint(dataset), "arch": s["arch"],
               "model_kw": dict(sorted(model_kw.items())), "epochs": s["epochs"],
               "seeds": [s["seed"] + i for i in range(s["seeds"])], "pool": s["pool"],
               "pool_sha256": _digest(indices) if s["pool"] else None, "lr": s["lr"], "momentum": _MOMENTUM,

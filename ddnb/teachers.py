@@ -66,7 +66,7 @@ def train_teacher(dataset: Dataset, arch: str = "convnet3", epochs: int = 20, *,
     `ddnb_teacher` (name, cache key, config without the data fingerprint, test accuracy %).
     """
     from ddnb.methods.base import real_init_indices
-    from ddnb.models import get_model
+    from ddnb.models import seeded_model
     from ddnb.train import evaluate, train_model
 
     require("arch", arch, Text())
@@ -81,10 +81,7 @@ def train_teacher(dataset: Dataset, arch: str = "convnet3", epochs: int = 20, *,
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = folder / f"{dataset.name}_{arch}_{key}.safetensors"
     dev = resolve_device(device)
-    c, h, _ = dataset.image_shape
-    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-        torch.manual_seed(seed)
-        model = get_model(arch, c, dataset.num_classes, h, **model_kw).to(dev)
+    model = seeded_model(arch, dataset, seed, dev, **model_kw)
     if path.is_file():
         tensors, meta = load_tensor_file(path, FILE_KIND)
         if meta.get("config") != config:

@@ -23,10 +23,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ddnb.experts import cache_key, data_fingerprint
+from ddnb.experts import cache_key
 from ddnb.methods import register
 from ddnb.methods.base import real_init_indices
-from ddnb.scores import Scores, class_ranking, default_cache_dir
+from ddnb.scores import Scores, class_ranking, dataset_fingerprint, default_cache_dir
 from ddnb.settings import Choice, Int, Positive, Seed, Text, require
 from ddnb.synset import SyntheticSet, load_tensor_file, save_tensor_file
 from ddnb.utils import resolve_device
@@ -48,16 +48,13 @@ class _Reached(Exception):
 def checkpoint_el2n(dataset: Any, indices: Tensor, run_epochs: int, at_epoch: int, *, arch: str, seed: int,
                     lr: float, batch_size: int, model_kw: dict[str, Any], device: torch.device) -> Tensor:
     """EL2N of x_train[indices] at epoch `at_epoch` of a cosine-schedule run of `run_epochs` on those images."""
-    from ddnb.models import get_model
+    from ddnb.models import seeded_model
     from ddnb.score_kinds import el2n_values
     from ddnb.train import train_model
 
     x = dataset.x_train[indices.to(dataset.x_train.device)].to(device)
     y = dataset.y_train[indices.to(dataset.y_train.device)].to(device)
-    c, h, _ = dataset.image_shape
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        model = get_model(arch, c, dataset.num_classes, h, **model_kw).to(device)
+    model = seeded_model(arch, dataset, seed, device, **model_kw)
     out: list[Tensor] = []
 
     def on_epoch_end(e: int, m: torch.nn.Module) -> None:
@@ -101,7 +98,7 @@ def cad_prune(dataset: Any, ipc: int, seed: int = 0, device: Any = None, epochs:
         raise ValueError(f"long_epochs={long_epochs} is shorter than the compute-aligned epoch {at}; allowed: >= {at}")
     from ddnb import __version__
 
-    config = {"kind": "el2n", "data": {**data_fingerprint(dataset), "num_classes": dataset.num_classes},
+    config = {"kind": "el2n", "data": dataset_fingerprint(dataset),
               "method": "cad_prune", "budget_epochs": epochs, "ipc": ipc, "at_epoch": at, "run_epochs": run_epochs,
               "checkpoint": checkpoint, "arch": arch, "model_kw": dict(sorted(model_kw.items())),
               "seeds": [seed + i for i in range(seeds)], "pool": pool, "lr": lr, "batch_size": batch_size,

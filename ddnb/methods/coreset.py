@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from ddnb.embedding import embed_images
 from ddnb.methods import register
 from ddnb.methods.base import check_ipc, real_init_indices
-from ddnb.models import get_model
+from ddnb.models import seeded_model
 from ddnb.settings import Int, require
 from ddnb.synset import SyntheticSet
 from ddnb.utils import resolve_device
@@ -77,9 +77,7 @@ def kcenter_indices(features: Tensor, k: int) -> Tensor:
 
 def feature_model(dataset: Any, arch: str = "convnet3", seed: int = 0) -> nn.Module:
     """A freshly initialized model for `dataset`, seeded without touching the global RNG state."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return get_model(arch, dataset.channels, dataset.num_classes, dataset.image_size)
+    return seeded_model(arch, dataset, seed)
 
 
 def _select_by_features(name: str, dataset: Any, ipc: int, seed: int, device: Any, arch: str,

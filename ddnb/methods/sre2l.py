@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ddnb.matching import bn_matching_loss
 from ddnb.methods import register
-from ddnb.methods.base import build_synset, in_loop_eval, init_synthetic, pixel_bounds
+from ddnb.methods.base import build_synset, in_loop_eval, init_synthetic, pixel_bounds, variant_entry
 from ddnb.methods.loop import History, RunOptions, run_loop, seed_iteration
 from ddnb.settings import Bool, Choice, Float, Int, Positive, Text
 from ddnb.teachers import TEACHERS, get_teacher
@@ -136,21 +136,11 @@ def _recover(name: str, dataset: Any, ipc: int, *, seed: int, device: Any, budge
     return current(), history
 
 
-def _entry(name: str) -> Callable[..., tuple[Any, History]]:
-    """The registered entry point of `name` (sre2l or dwa)."""
-
-    def entry(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, settings: dict[str, Any],
-              run: RunOptions) -> tuple[Any, History]:
-        return _recover(name, dataset, ipc, seed=seed, device=device, budget=budget, settings=settings, run=run)
-
-    entry.__name__ = f"distill_{name}"
-    entry.__doc__ = {"sre2l": "SRe2L: match a BN teacher's running statistics plus cross-entropy (004 Eq. 1).",
-                     "dwa": "DWA: SRe2L with weighted variance term and directed weight perturbation (004 Eq. 2)."
-                     }[name]
-    return entry
-
-
 register("sre2l", "distill", budgets=_budgets(_SRE2L), spec=SPEC,
-         paper="SRe2L (Yin et al., NeurIPS 2023) recover; 004 §1.1 Eq. 1")(_entry("sre2l"))
+         paper="SRe2L (Yin et al., NeurIPS 2023) recover; 004 §1.1 Eq. 1",
+         summary="SRe2L: match a BN teacher's running statistics plus cross-entropy (004 Eq. 1).")(
+    variant_entry(_recover, "sre2l"))
 register("dwa", "distill", budgets=_budgets(_DWA), spec=SPEC,
-         paper="DWA (Du et al., NeurIPS 2024); 004 §1.1 Eq. 2")(_entry("dwa"))
+         paper="DWA (Du et al., NeurIPS 2024); 004 §1.1 Eq. 2",
+         summary="DWA: SRe2L with weighted variance term and directed weight perturbation (004 Eq. 2).")(
+    variant_entry(_recover, "dwa"))
