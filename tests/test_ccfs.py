@@ -183,3 +183,15 @@ def test_ccfs_on_digits_records_phases_and_reuses_filters(tmp_path, monkeypatch)
     sel, idx = ddnb.select("self_evolved", data, 8, budget="smoke", settings={"epochs": 2})
     assert sel.class_counts() == [8] * 10 and len(set(idx.tolist())) == 80
     assert sel.provenance["window"]["indices"] == idx[:20].tolist()
+
+
+def test_base_iterations_replace_the_base_budgets_count(tmp_path, monkeypatch):
+    monkeypatch.setenv("DDNB_CACHE", str(tmp_path))
+    data = ddnb.load_dataset("digits")
+    s = {**ccfs.BUDGETS["smoke"], "base_iterations": 3}
+    start = ccfs.distilled_start(data, s, 2, 0, "cpu")
+    direct, hist = ddnb.distill("dm", data, 2, budget="smoke", seed=0, device="cpu", progress=False, iterations=3)
+    assert hist.iterations == 3
+    assert torch.equal(start.images, direct.images)
+    default = ccfs.distilled_start(data, {**s, "base_iterations": None}, 2, 0, "cpu")
+    assert not torch.equal(default.images, direct.images)  # the smoke budget's own 20 iterations, another cache entry

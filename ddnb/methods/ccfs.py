@@ -55,15 +55,17 @@ FINE = ("simple", "hard", "random")
 SCORES = ("forgetting", "logits", "cscore")
 _PAPER = "CCFS (Chen et al., CVPR 2025): 000 §4 Alg. 1, §5; official code CYDaaa30/CCFS"
 _COMMON = dict(base="dm", alpha=0.2, curricula=3, score="forgetting", coarse="misclassified", fine="simple",
-               teacher_correct=True, protocol="sl+kd", arch="convnet3")
+               teacher_correct=True, protocol="sl+kd", arch="convnet3", base_iterations=None)
 SPEC = dict(base=Text(), base_budget=Choice("smoke", "cpu", "paper"), alpha=Float(0, 1), curricula=Int(1),
             score=Choice(*SCORES), coarse=Choice(*COARSE), fine=Choice(*FINE), teacher_correct=Bool(),
             protocol=Choice("sl+kd", "hl"), arch=Text(), epochs=Int(1), teacher_epochs=Int(1),
-            score_budget=Choice("smoke", "cpu", "paper"))
+            score_budget=Choice("smoke", "cpu", "paper"), base_iterations=Int(1, optional=True))
 BUDGETS = {
     "smoke": {**_COMMON, "base_budget": "smoke", "score_budget": "smoke", "epochs": 2, "teacher_epochs": 2},
-    # a guess for Fashion-MNIST on 2 cores (not measured): filters of 30 epochs on a few hundred images per class
-    "cpu": {**_COMMON, "base_budget": "cpu", "score_budget": "cpu", "epochs": 30, "teacher_epochs": 10},
+    # Fashion-MNIST on 2 cores: DM's cpu settings cut to 50 iterations (about 75 s a start), filters and evaluations
+    # of 20 epochs on at most a few hundred images, a teacher of 2 epochs over the whole training set
+    "cpu": {**_COMMON, "base_budget": "cpu", "score_budget": "cpu", "epochs": 20, "teacher_epochs": 2,
+            "base_iterations": 50},
     # 000 §5.1 / official scripts: filter = evaluation epochs (500 at 5-10 %), teacher 200 epochs, forgetting
     "paper": {**_COMMON, "base_budget": "paper", "score_budget": "paper", "epochs": 500, "teacher_epochs": 200},
 }
@@ -137,6 +139,13 @@ def context(dataset: Any, settings: dict[str, Any], seed: int, device: Any, fit_
     return PhaseContext(dataset, settings, seed, dev, sc, sc.indices.cpu(), key, raw, model, fit_filter)
 
 
+def base_overrides(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings for the base distiller: its iteration count replaced by `base_iterations` when that is set."""
+    if settings["base_iterations"] is None:
+        return {}
+    return {get_method(settings["base"], "distill").iterations_setting: settings["base_iterations"]}
+
+
 def distilled_start(dataset: Any, settings: dict[str, Any], n: int, seed: int, device: Any) -> Any:
     """D_distill: `base` at `base_budget` with n images per class, cached on disk (None when n = 0)."""
     import ddnb
@@ -146,14 +155,14 @@ def distilled_start(dataset: Any, settings: dict[str, Any], n: int, seed: int, d
     if n == 0:
         return None
     config = {"base": settings["base"], "budget": settings["base_budget"], "ipc": n, "seed": seed,
-              "data": data_fingerprint(dataset), "version": ddnb.__version__}
+              "data": data_fingerprint(dataset), "version": ddnb.__version__, **base_overrides(settings)}
     path = cache_dir("distilled") / f"{dataset.name}_{digest(json.dumps(config, sort_keys=True))}.safetensors"
     if path.is_file():
         found = SyntheticSet.load(path)
         if found.provenance.get("ccfs_cache") == config:
             return found
     syn, _ = ddnb.distill(settings["base"], dataset, n, budget=settings["base_budget"], seed=seed, device=device,
-                          progress=False)
+                          progress=False, **base_overrides(settings))
     syn.provenance["ccfs_cache"] = config
     syn.save(path)
     return syn
@@ -194,7 +203,8 @@ def distill_ccfs(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str,
         return build_synset(images[:n].clone(), labels[:n].clone(), dataset, method="ccfs", settings=s, seed=seed,
                             budget=budget, phases=records, real_indices=[i for r in records for i in r["indices"]],
                             n_distill=n_distill, scores=_summary(ctx),
-                            base={"method": s["base"], "budget": s["base_budget"], "ipc": n_distill},
+                            base={"method": s["base"], "budget": s["base_budget"], "ipc": n_distill,
+                                  "iterations": s["base_iterations"]},
                             eval_protocol=protocol_record(s["protocol"], epochs=s["epochs"]))
 
     kd = {"teacher": ctx.teacher} if s["protocol"] == "sl+kd" else {}
