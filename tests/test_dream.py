@@ -354,3 +354,22 @@ def test_train_on_real_with_zero_images_trains_and_draws_nothing():
     state = g.get_state()
     train_on_real(net, opt, data, 0, 64, 0.5, g)
     assert torch.equal(g.get_state(), state) and all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+
+
+@pytest.mark.parametrize("curve_epochs, expected", [(None, 4), (3, 3)])
+def test_in_loop_evaluations_train_curve_epochs_and_the_set_keeps_its_protocol(monkeypatch, curve_epochs, expected):
+    import ddnb.train as T
+
+    seen, real_eval = [], T.evaluate_synset
+
+    def spy(syn, data, **kw):
+        result = real_eval(syn, data, **kw)
+        seen.append(result.protocol)
+        return result
+
+    monkeypatch.setattr(T, "evaluate_synset", spy)
+    data = ddnb.load_dataset("digits")
+    syn, hist = ddnb.distill("idc", data, 1, budget="smoke", seed=0, device="cpu", progress=False, iterations=1,
+                             init="real", eval_every=1, curve_epochs=curve_epochs)
+    assert len(hist.evals) == 1 and [(p["name"], p["epochs"]) for p in seen] == [("idc", expected)]
+    assert syn.eval_protocol == {"name": "idc", "epochs": 4}  # what the set carries: the budget's eval_epochs
