@@ -9,7 +9,7 @@ bf16 autocast as DM runs it (contiguous), and the relative error of the mean fea
 iteration at the `cpu` budget in fp32 and in bf16 (the median of `--time-iters` iterations after the first);
 (c) the same DM distillation (`cpu` budget, `--iters` iterations, IPC `--ipc`, seed 0) with the real pass
 in fp32 and in bf16, each set evaluated over `--seeds` seeds (protocol "dc" with DSA, `--eval-epochs`
-epochs, fp32 training), plus the fp32 set evaluated with bf16 training: mean ± std and whether each
+epochs, fp32 training), plus the fp32 set (the same one) evaluated with bf16 training: mean ± std and whether each
 difference from the fp32 row lies inside the spread (`ddnb.runs.compare_means`: "within noise").
 Everything goes to the JSON at `--out` as well.
 """
@@ -82,15 +82,22 @@ def dm_iteration(data: Any, ipc: int, precision: str, iters: int) -> float:
     return statistics.median(hist.seconds[1:])
 
 
-def accuracy_row(data: Any, args: argparse.Namespace, real: str, train: str) -> dict[str, Any]:
-    """(c): one DM distillation with its real pass in `real`, evaluated with training in `train`."""
+def distilled(data: Any, args: argparse.Namespace, real: str) -> tuple[Any, float]:
+    """(c): the DM set with its real pass in `real`, and the seconds its distillation took."""
     import ddnb
-    from ddnb.train import evaluate_synset
 
     start = time.perf_counter()
     syn, _ = ddnb.distill("dm", data, args.ipc, budget="cpu", seed=0, device="cpu", progress=False,
                           iterations=args.iters, precision=real, batch_real=batch_real(data))
-    distill_s = time.perf_counter() - start
+    return syn, time.perf_counter() - start
+
+
+def accuracy_row(data: Any, args: argparse.Namespace, sets: dict[str, tuple[Any, float]], real: str,
+                 train: str) -> dict[str, Any]:
+    """(c): the set distilled with its real pass in `real` (sets[real]), evaluated with training in `train`."""
+    from ddnb.train import evaluate_synset
+
+    syn, distill_s = sets[real]
     res = evaluate_synset(syn, data, seeds=args.seeds, epochs=args.eval_epochs, dsa=True, protocol="dc",
                           device="cpu", progress=False, precision=train)
     return {"real_pass": real, "eval_training": train, "distill_s": distill_s, "eval_s": res.seconds,
@@ -129,8 +136,9 @@ def main() -> None:
     print(f"(b) DM iteration, {data.name} IPC {args.ipc}, cpu budget, {batch_real(data)} real/class: "
           f"fp32 {t32:.3f} s, bf16 {t16:.3f} s, "
           f"ratio {t32 / t16:.2f}x")
-    rows = [accuracy_row(data, args, real, train) for real, train in (("fp32", "fp32"), ("bf16", "fp32"),
-                                                                      ("fp32", "bf16"))]
+    sets = {real: distilled(data, args, real) for real in ("fp32", "bf16")}
+    rows = [accuracy_row(data, args, sets, real, train) for real, train in (("fp32", "fp32"), ("bf16", "fp32"),
+                                                                            ("fp32", "bf16"))]
     print(f"(c) DM {args.iters} iterations, {data.name} IPC {args.ipc}, seed 0; evaluation protocol dc + DSA, "
           f"{args.eval_epochs} epochs, {args.seeds} seeds")
     print("    real pass | eval training | accuracy (%)  | vs fp32/fp32 (gap, spread)   | distill s | eval s")
