@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch.func import stack_module_state
 from tqdm.auto import tqdm
 
+from ddnb.precision import autocast, resolve_precision
 from ddnb.schedules import IDC_MILESTONES, make_optimizer
 from ddnb.train import RegimeLoss, teacher_in_eval, training_setup
 from ddnb.utils import resolve_device
@@ -100,7 +101,7 @@ def train_models(
     milestones: Sequence[float] = IDC_MILESTONES, gamma: float = 0.2, dsa: bool | str | None = False,
     temperature: float = 1.0, teacher: nn.Module | None = None, cutmix_alpha: float | None = None,
     cutmix_prob: float = 1.0, label_kind: str | None = None, device: str | torch.device | None = None,
-    progress: bool = False,
+    progress: bool = False, precision: str = "fp32",
 ) -> list[dict[str, Any]]:
     """Train models[k] in place as train_model(models[k], ..., seed=seeds[k]) would, all in one batched step
     per batch; returns one history (train_loss, lr, seconds) per model. Settings as train_model's.
@@ -121,6 +122,7 @@ def train_models(
         images, labels, regime=regime, label_kind=label_kind, teacher=teacher, batch_size=batch_size,
         temperature=temperature, schedule=schedule, lr=lr, epochs=epochs, warmup_epochs=warmup_epochs,
         milestones=milestones, gamma=gamma, dsa=dsa, device=dev)
+    precision = resolve_precision(precision, dev)
     for model in models:
         model.to(dev).train()
     params, _ = stack_module_state(list(models))
@@ -134,7 +136,7 @@ def train_models(
                 for group in opt.param_groups:
                     group["lr"] = lrs[e]
                 epoch_loss = _batched_epoch(models[0], params, opt, x, step, batch_size, strategy, cutmix_alpha,
-                                            cutmix_prob, streams)
+                                            cutmix_prob, streams, precision)
                 for k, loss in enumerate(epoch_loss):
                     if not math.isfinite(loss):
                         raise FloatingPointError(f"training loss of seed {seeds[k]} became {loss} at epoch "
@@ -151,7 +153,7 @@ def train_models(
 
 def _batched_epoch(model: nn.Module, params: dict[str, Tensor], opt: torch.optim.Optimizer, x: Tensor,
                    step: RegimeLoss, batch_size: int, strategy: str | None, cutmix_alpha: float | None,
-                   cutmix_prob: float, streams: list[_Stream]) -> list[float]:
+                   cutmix_prob: float, streams: list[_Stream], precision: str) -> list[float]:
     """One pass over x per model, each in its own random order; each model's mean loss (see run_epoch)."""
     n = x.shape[0]
     perms = [torch.randperm(n, generator=s.gen).to(x.device) for s in streams]
@@ -159,8 +161,9 @@ def _batched_epoch(model: nn.Module, params: dict[str, Tensor], opt: torch.optim
     for i in range(0, n, batch_size):
         idx = [perm[i:i + batch_size] for perm in perms]
         drawn = [s.augment(x[ix], ix, strategy, cutmix_alpha, cutmix_prob) for s, ix in zip(streams, idx)]
-        out = stacked_forward(model, params, [d[0] for d in drawn])
-        loss = torch.stack([step.loss(out[k], d[0], idx[k], d[1], d[2]) for k, d in enumerate(drawn)])
+        with autocast(precision, x.device):
+            out = stacked_forward(model, params, [d[0] for d in drawn]).float()
+            loss = torch.stack([step.loss(out[k], d[0], idx[k], d[1], d[2]) for k, d in enumerate(drawn)])
         opt.zero_grad(set_to_none=True)
         loss.sum().backward()
         opt.step()

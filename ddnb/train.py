@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ddnb.data import require_dataset
+from ddnb.precision import autocast, resolve_precision
 from ddnb.schedules import IDC_MILESTONES, lr_schedule, make_optimizer
 from ddnb.synset import infer_label_kind, require_synset
 from ddnb.utils import resolve_device
@@ -180,14 +181,15 @@ def train_model(
     temperature: float = 1.0, teacher: nn.Module | None = None, cutmix_alpha: float | None = None,
     cutmix_prob: float = 1.0, label_kind: str | None = None, seed: int = 0,
     device: str | torch.device | None = None, progress: bool = False,
-    on_epoch_end: Callable[[int, nn.Module], None] | None = None,
+    on_epoch_end: Callable[[int, nn.Module], None] | None = None, precision: str = "fp32",
 ) -> dict[str, Any]:
     """Train `model` in place on (images, labels) under a label regime; returns per-epoch loss and lr.
 
     device None: the device the model is on. `label_kind` (None = inferred, see
     ddnb.synset.infer_label_kind) says whether soft labels are probabilities or logits.
     `on_epoch_end(epoch, model)` runs after every epoch (epoch counts from 1), e.g. to snapshot weights.
-    `milestones` and `gamma` are the "multistep" schedule's (see lr_schedule).
+    `milestones` and `gamma` are the "multistep" schedule's (see lr_schedule). `precision` "bf16" (or "auto",
+    see ddnb.precision) runs forward and loss under bf16 autocast; parameters and optimizer stay fp32.
     Raises FloatingPointError naming the epoch when the loss becomes NaN or infinite.
     """
     dev = resolve_device(device) if device is not None else next(model.parameters()).device
@@ -195,6 +197,7 @@ def train_model(
         images, labels, regime=regime, label_kind=label_kind, teacher=teacher, batch_size=batch_size,
         temperature=temperature, schedule=schedule, lr=lr, epochs=epochs, warmup_epochs=warmup_epochs,
         milestones=milestones, gamma=gamma, dsa=dsa, device=dev)
+    precision = resolve_precision(precision, dev)
     model.to(dev)
     opt = make_optimizer(optimizer, model.parameters(), lr, momentum, weight_decay)
     history: dict[str, Any] = {"train_loss": [], "lr": lrs}
@@ -207,7 +210,8 @@ def train_model(
             for e in tqdm(range(epochs), desc="train", leave=False, disable=not progress):
                 for group in opt.param_groups:
                     group["lr"] = lrs[e]
-                loss = run_epoch(model, opt, x, step, batch_size, strategy, cutmix_alpha, cutmix_prob, gen)
+                loss = run_epoch(model, opt, x, step, batch_size, strategy, cutmix_alpha, cutmix_prob, gen,
+                                 precision=precision)
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"training loss became {loss} at epoch {e + 1}/{epochs} (lr {lrs[e]:g}); "
                                              "lower the learning rate or check the inputs for NaN")
@@ -220,11 +224,11 @@ def train_model(
 
 def run_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, step: RegimeLoss, batch_size: int,
               strategy: str | None, cutmix_alpha: float | None, cutmix_prob: float,
-              gen: torch.Generator, order: Tensor | None = None) -> float:
+              gen: torch.Generator, order: Tensor | None = None, precision: str = "fp32") -> float:
     """One pass over the rows `order` of x (default: all of x in a random order from `gen`); the mean loss.
 
     Each batch gets per-sample DSA (`strategy`, global RNG) and, with probability `cutmix_prob`,
-    CutMix; the loss is weighted by batch size in the mean.
+    CutMix; forward and loss run under `precision` (ddnb.precision); the loss is weighted by batch size in the mean.
     """
     from ddnb.augment import cutmix, dsa
 
@@ -239,7 +243,8 @@ def run_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, step: Reg
         idx_b, lam = None, 1.0
         if cutmix_alpha is not None and float(torch.rand((), generator=gen)) < cutmix_prob:
             xb, _, idx_b, lam = cutmix(xb, idx, alpha=cutmix_alpha, generator=gen)
-        loss = step.loss(model(xb), xb, idx, idx_b, lam)
+        with autocast(precision, x.device):
+            loss = step.loss(model(xb).float(), xb, idx, idx_b, lam)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -276,6 +281,7 @@ class EvalResult:
     seconds: float
     seeds: list[int] = field(default_factory=list)
     path: str = "sequential"  # how the seeds trained: "batched" (one stacked step) or "sequential"
+    precision: str = "fp32"  # what training's forward and loss ran in: "fp32" or "bf16" (autocast)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (for results.json)."""
@@ -342,7 +348,7 @@ def evaluate_synset(
     synset: SyntheticSet, dataset: Dataset, arch: str = "convnet3", seeds: int | Sequence[int] = 5,
     epochs: int | None = None, dsa: bool | str | None = None, protocol: str | None = None,
     device: str | torch.device | None = None, progress: bool = True,
-    model_kw: dict[str, Any] | None = None, batched: bool | None = None, **overrides: Any,
+    model_kw: dict[str, Any] | None = None, batched: bool | None = None, precision: str = "fp32", **overrides: Any,
 ) -> EvalResult:
     """Train a fresh `arch` per seed on the synthetic set and report final-epoch test accuracy (%).
 
@@ -356,7 +362,8 @@ def evaluate_synset(
     batched None: with several seeds, train all models together in one stacked step per batch
     (ddnb.batched.train_models, the same per-seed result up to float rounding) where the architecture
     allows it (no BatchNorm), else one after another (logged); True / False force either. The
-    result's `path` says which ran.
+    result's `path` says which ran. precision: "fp32", "bf16" or "auto" (bf16 where native, ddnb.precision)
+    for training's forward and loss (testing stays fp32); the result's `precision` says which ran.
     """
     from ddnb.batched import batch_unsupported, train_models
     from ddnb.models import get_model
@@ -369,6 +376,7 @@ def evaluate_synset(
     if batched not in (None, True, False):
         raise ValueError(f"batched must be None, True or False, got {batched!r}")
     dev = resolve_device(device)
+    precision = resolve_precision(precision, dev)
     images, labels, kind = _training_labels(synset, settings["regime"])
     images, labels = images.to(dev), labels.to(dev)
     x_test, y_test = dataset.x_test.to(dev), dataset.y_test.to(dev)
@@ -388,16 +396,16 @@ def evaluate_synset(
         log.info("evaluate_synset: %s trains its %d seeds one after another: %s", arch, len(seed_list), reason)
     if use_batched:
         train_models(models, images, labels, seeds=seed_list, epochs=settings["epochs"], dsa=settings["dsa"],
-                     label_kind=kind, device=dev, progress=progress, **train_kw)
+                     label_kind=kind, device=dev, progress=progress, precision=precision, **train_kw)
     accs: list[float] = []
     bar = tqdm(list(zip(seed_list, models)), desc=f"eval {arch}", disable=not progress)
     for s, model in bar:
         if not use_batched:
             train_model(model, images, labels, epochs=settings["epochs"], dsa=settings["dsa"], label_kind=kind,
-                        seed=s, device=dev, progress=progress, **train_kw)
+                        seed=s, device=dev, progress=progress, precision=precision, **train_kw)
         accs.append(100.0 * evaluate(model, x_test, y_test))
         bar.set_postfix(acc=f"{accs[-1]:.2f}")
     record = {k: v for k, v in settings.items() if k != "teacher"}
     record["teacher"] = type(settings["teacher"]).__name__ if settings.get("teacher") is not None else None
     return EvalResult(float(np.mean(accs)), float(np.std(accs, ddof=0)), accs, record, arch,
-                      time.perf_counter() - start, seed_list, "batched" if use_batched else "sequential")
+                      time.perf_counter() - start, seed_list, "batched" if use_batched else "sequential", precision)

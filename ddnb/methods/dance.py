@@ -34,6 +34,7 @@ carry the "idc" evaluation protocol (were evaluated with DC's protocol and DSA);
 hook moved to `ddnb.methods.base` (shared with the IDC family).
 
 `pltda=False` (Tab. 5 ablation) matches under a fresh random network each iteration, as DM;
+`precision` ("fp32"; "bf16" or "auto") runs the real-image embed under bf16 autocast, as DM's (ddnb.methods.dm);
 `iter_calib=0` turns calibration off; `factor=1` turns factoring off; `dsa_strategy=None` turns
 augmentation off.
 """
@@ -51,8 +52,9 @@ from ddnb.methods import register
 from ddnb.methods.base import (build_synset, in_loop_eval, init_synthetic, pixel_bounds, pixel_unit_hook, real_subset,
                                subsample)
 from ddnb.methods.loop import History, RunOptions, run_loop, seed_iteration
-from ddnb.methods.dm import (ReinitNet, class_seeds, dm_loss, real_class_means, sample_real, syn_by_class,
-                             syn_class_means)
+from ddnb.methods.dm import (ReinitNet, class_seeds, dm_loss, real_class_means, run_layout, sample_real,
+                             syn_by_class, syn_class_means)
+from ddnb.precision import PRECISIONS, resolve_precision
 from ddnb.settings import Bool, Choice, Float, Int, Positive, Strategy, Text
 from ddnb.train import PROTOCOLS, protocol_record
 from ddnb.utils import resolve_device
@@ -62,7 +64,8 @@ _EXPERTS = dict(expert_lr=0.01, expert_momentum=0.9, expert_weight_decay=5e-4, e
                 expert_images_per_class=None)
 _COMMON = dict(arch="convnet3", lr_img_per_ipc=0.01, momentum=0.5, dsa_strategy="idc:color_crop_cutout",
                init="real", factor=2, batch_syn_max=200, pltda=True, iter_calib=1, calib_interval=1, clip=True,
-               channels_last=True, compile=False, real_chunk=1280, eval_seeds=1, eval_protocol="idc", **_EXPERTS)
+               channels_last=True, compile=False, real_chunk=1280, eval_seeds=1, eval_protocol="idc", precision="fp32",
+               **_EXPERTS)
 BUDGETS = {
     "smoke": {**_COMMON, "iterations": 10, "batch_real": 16, "n_experts": 2, "expert_epochs": 1, "eval_epochs": 4},
     "cpu": {**_COMMON, "iterations": 100, "batch_real": 64, "n_experts": 3, "expert_epochs": 2,
@@ -79,7 +82,7 @@ SPEC = dict(arch=Text(), lr_img_per_ipc=Positive(), momentum=Float(0, 1, high_op
             eval_protocol=Choice(*PROTOCOLS), eval_epochs=Int(1, optional=True),
             expert_dsa=Strategy(optional=False, bool_ok=True), expert_seed=Int(0),
             expert_images_per_class=Int(1, optional=True), iterations=Int(0), batch_real=Int(1), n_experts=Int(1),
-            expert_epochs=Int(1))
+            expert_epochs=Int(1), precision=Choice(*PRECISIONS))
 
 
 # ---------------------------------------------------------------- the two views
@@ -145,13 +148,15 @@ def distill_dance(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str
     s, dev = settings, resolve_device(device)
     data = dataset.to(dev)
     inits, finals = (t.to(dev) for t in load_experts(data, s, dev, run.progress))
+    precision = resolve_precision(s["precision"], dev)
+    layout = run_layout(s["channels_last"], precision)
     images, labels = init_synthetic(data, ipc, seed=seed, init=s["init"], factor=s["factor"], device=dev)
-    fmt = torch.channels_last if s["channels_last"] else torch.contiguous_format
+    fmt = torch.channels_last if layout else torch.contiguous_format
     images = images.contiguous(memory_format=fmt).requires_grad_(True)
     images.register_hook(pixel_unit_hook(data, dev))
     opt = torch.optim.SGD([images], lr=s["lr_img_per_ipc"] * ipc, momentum=s["momentum"])
-    encoder = ReinitNet(s["arch"], data, dev, s["channels_last"], s["compile"])
-    expert = ReinitNet(s["arch"], data, dev, s["channels_last"], compile=False)
+    encoder = ReinitNet(s["arch"], data, dev, layout, s["compile"])
+    expert = ReinitNet(s["arch"], data, dev, layout, compile=False)
     low, high = pixel_bounds(data, dev)
     strategy = s["dsa_strategy"]
     k, size = data.num_classes, data.image_size
@@ -177,9 +182,9 @@ def distill_dance(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str
                 images.clamp_(min=low, max=high)
         real = sample_real(data, s["batch_real"], g)
         seeds = class_seeds(g, k)
-        mean_real = real_class_means(encoder.embed, real, seeds, strategy, s["real_chunk"], s["channels_last"])
+        mean_real = real_class_means(encoder.embed, real, seeds, strategy, s["real_chunk"], layout, precision)
         syn = sample_syn(images, ipc, k, s["factor"], size, s["batch_syn_max"], g)
-        loss = dm_loss(mean_real, syn_class_means(encoder.embed, syn, seeds, strategy, s["channels_last"]))
+        loss = dm_loss(mean_real, syn_class_means(encoder.embed, syn, seeds, strategy, layout))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -191,7 +196,7 @@ def distill_dance(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str
 
     def current(state: dict[str, Any] | None = None) -> Any:
         return build_synset(images, labels, data, method="dance", settings=s, seed=seed, budget=budget,
-                            factor=s["factor"], ipc=ipc,
+                            factor=s["factor"], ipc=ipc, real_precision=precision,
                             eval_protocol=protocol_record(s["eval_protocol"], epochs=s["eval_epochs"]))
 
     evaluate = in_loop_eval(current, data, dev, arch=s["arch"], seeds=s["eval_seeds"])
