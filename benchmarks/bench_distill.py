@@ -2,13 +2,16 @@
 
     python benchmarks/bench_distill.py                    # DM, Fashion-MNIST, ConvNet-3, IPC 10, 256 real/class, DSA
     python benchmarks/bench_distill.py --iters 10 --ipc 50
+    python benchmarks/bench_distill.py --precision fp32   # ddnb's real-image pass in fp32 (default: auto)
 
 Every configuration runs in its own subprocess (glibc malloc settings are per process):
   ddnb           `ddnb.distill(...)` as a user calls it (malloc tuned by ddnb.alloc on import)
   ddnb default   the same with DDNB_MALLOC_TUNE=0 (glibc's default malloc), for the allocator's share
   plain          the reference code's loop (one class at a time, real features with autograd), default malloc
   plain+tuned    the same loop with MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ set to ddnb.alloc's values
-The two ratios printed separate the allocator's share of the speed-up from the loop's.
+The two ratios printed separate the allocator's share of the speed-up from the loop's. ddnb's real-image pass
+runs at `--precision` (auto: bf16 where the CPU has avx512_bf16 / amx_bf16, see ddnb.precision); the CPU model,
+its bf16 flags and the path taken are printed first. The plain loop stays fp32, as the reference code.
 Add a method beside DM by adding an entry to METHODS (its ddnb worker and its plain worker).
 """
 from __future__ import annotations
@@ -48,7 +51,7 @@ def dm_ddnb(data: Any, args: argparse.Namespace) -> dict[str, list[float]]:
     cpu = [time.process_time()]
     _, hist = distill("dm", data, args.ipc, budget="paper", seed=0, device="cpu", progress=False,
                       iterations=args.warmup + args.iters, batch_real=args.batch_real, compile=args.compile,
-                      callback=lambda it, state: cpu.append(time.process_time()))
+                      precision=args.precision, callback=lambda it, state: cpu.append(time.process_time()))
     return {"seconds": hist.seconds, "cpu": [b - a for a, b in zip(cpu, cpu[1:])]}
 
 
@@ -99,7 +102,8 @@ def dance_ddnb(data: Any, args: argparse.Namespace) -> dict[str, list[float]]:
     cpu = [time.process_time()]
     _, hist = distill("dance", data, args.ipc, budget="paper", seed=0, device="cpu", progress=False,
                       iterations=args.warmup + args.iters, batch_real=args.batch_real, compile=args.compile,
-                      callback=lambda it, state: cpu.append(time.process_time()), **_DANCE_EXPERTS)
+                      precision=args.precision, callback=lambda it, state: cpu.append(time.process_time()),
+                      **_DANCE_EXPERTS)
     return {"seconds": hist.seconds, "cpu": [b - a for a, b in zip(cpu, cpu[1:])]}
 
 
@@ -176,7 +180,7 @@ def run_worker(which: str, alloc: str, args: argparse.Namespace) -> tuple[float,
         env.update(tuned_env())  # ddnb tunes itself through mallopt on import
     cmd = [sys.executable, __file__, "--worker", which, "--method", args.method, "--dataset", args.dataset,
            "--ipc", str(args.ipc), "--batch-real", str(args.batch_real), "--iters", str(args.iters),
-           "--warmup", str(args.warmup), *(["--compile"] if args.compile else [])]
+           "--warmup", str(args.warmup), "--precision", args.precision, *(["--compile"] if args.compile else [])]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     times = json.loads(out.stdout.strip().splitlines()[-1])
     return tuple(statistics.median(times[k][args.warmup:]) for k in ("seconds", "cpu"))  # type: ignore[return-value]
@@ -199,10 +203,18 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=5, help="timed iterations per configuration (median reported)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--compile", action="store_true", help="ddnb with torch.compile (the first iteration compiles)")
+    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+                   help="ddnb's real-image pass (auto: bf16 where the CPU does it natively)")
     p.add_argument("--worker", choices=("ddnb", "plain"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         return worker(args)
+    from ddnb.precision import describe, resolve_precision
+
+    cpu_model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), "unknown") if Path("/proc/cpuinfo").exists() else "unknown"
+    print(f"CPU {cpu_model}; {describe(torch.device('cpu'))}; ddnb path: real-image pass "
+          f"{resolve_precision(args.precision, torch.device('cpu'))} (--precision {args.precision})")
     print(f"{args.method} on {args.dataset}, ConvNet-3 width 128, IPC {args.ipc}, {args.batch_real} real/class, "
           f"DSA, CPU threads {torch.get_num_threads()}, median of {args.iters} iterations, "
           f"load average {os.getloadavg()[0]:.1f}")
