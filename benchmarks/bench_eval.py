@@ -3,12 +3,15 @@
     python benchmarks/bench_eval.py                 # digits, ConvNet-3, DSA: about 2 minutes on 2 cores
     python benchmarks/bench_eval.py --arch mlp --scale 2
     python benchmarks/bench_eval.py --dataset fashion_mnist --scale 0.25   # 28 px: far slower (10,000 test images)
+    python benchmarks/bench_eval.py --precision bf16   # the third path in bf16 autocast even without native support
 
 Sets: real images at IPC 1, 10 and 50, and an IPC-10 set with IDC factor 2 (4 tiles per stored image,
 400 training images). Each configuration is evaluated with `evaluate_synset(batched=False)` and
 `batched=True` at the same settings (protocol "dc" with DSA, few epochs so the whole run takes minutes),
-after one untimed 1-epoch call of each path. Prints the CPU, the path that ran, both times, the ratio and
-the largest per-seed accuracy difference between the paths (they train the same models).
+after one untimed 1-epoch call of each path, and a third time batched with `--precision` (default auto: bf16
+autocast where the CPU has it natively, see ddnb.precision; fp32 elsewhere, then it repeats the batched path).
+Prints the CPU, its bf16 verdict, the paths that ran, the times, the ratios to the sequential fp32 path and the
+largest per-seed accuracy difference to it (the fp32 paths train the same models; bf16 rounds differently).
 """
 from __future__ import annotations
 
@@ -53,12 +56,15 @@ def make_set(data: Any, ipc: int, factor: int) -> Any:
     return SyntheticSet(images, labels, data.name, data.num_classes, tuple(data.image_shape), factor)
 
 
-def timed(synset: Any, data: Any, args: argparse.Namespace, epochs: int, batched: bool) -> Any:
-    """evaluate_synset over args.seeds seeds on the CPU, forced onto one path."""
+def timed(synset: Any, data: Any, args: argparse.Namespace, epochs: int, batched: bool,
+          precision: str = "fp32") -> tuple[Any, float]:
+    """evaluate_synset over args.seeds seeds on the CPU, forced onto one path; (result, seconds)."""
     from ddnb.train import evaluate_synset
 
-    return evaluate_synset(synset, data, arch=args.arch, seeds=args.seeds, epochs=epochs, dsa=True, protocol="dc",
-                           device="cpu", progress=False, batched=batched)
+    start = time.perf_counter()
+    res = evaluate_synset(synset, data, arch=args.arch, seeds=args.seeds, epochs=epochs, dsa=True, protocol="dc",
+                          device="cpu", progress=False, batched=batched, precision=precision)
+    return res, time.perf_counter() - start
 
 
 def main() -> None:
@@ -68,30 +74,33 @@ def main() -> None:
     parser.add_argument("--arch", default="convnet3")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every configuration's epochs")
+    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+                        help="the third path's precision (auto: bf16 where the CPU does it natively)")
     args = parser.parse_args()
     from ddnb.data import load_dataset
+    from ddnb.precision import describe, resolve_precision
 
     data = load_dataset(args.dataset)
-    print(f"CPU: {cpu_model()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"{data.name}, {args.arch}, {args.seeds} seeds, protocol dc with DSA")
-    total_seq = total_bat = 0.0
+    fast = resolve_precision(args.precision, torch.device("cpu"))
+    print(f"CPU: {cpu_model()}; {describe(torch.device('cpu'))}; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; {data.name}, {args.arch}, {args.seeds} seeds, protocol dc with DSA; "
+          f"third path: batched, {fast}")
+    totals = [0.0, 0.0, 0.0]
     for label, ipc, factor, epochs in CONFIGS:
         synset = make_set(data, ipc, factor)
         epochs = max(1, round(epochs * args.scale))
-        for batched in (False, True):
-            timed(synset, data, args, 1, batched)
-        start = time.perf_counter()
-        seq = timed(synset, data, args, epochs, False)
-        seq_s = time.perf_counter() - start
-        start = time.perf_counter()
-        bat = timed(synset, data, args, epochs, True)
-        bat_s = time.perf_counter() - start
-        total_seq, total_bat = total_seq + seq_s, total_bat + bat_s
-        diff = max(abs(a - b) for a, b in zip(seq.per_seed, bat.per_seed))
+        for batched, precision in ((False, "fp32"), (True, "fp32"), (True, fast)):
+            timed(synset, data, args, 1, batched, precision)
+        (seq, seq_s), (bat, bat_s), (low, low_s) = (timed(synset, data, args, epochs, b, p)
+                                                    for b, p in ((False, "fp32"), (True, "fp32"), (True, fast)))
+        totals = [a + b for a, b in zip(totals, (seq_s, bat_s, low_s))]
+        diff = [max(abs(a - b) for a, b in zip(seq.per_seed, r.per_seed)) for r in (bat, low)]
         print(f"{label:16s} {synset.n_decoded:4d} images, {epochs:3d} epochs: {seq.path} {seq_s:6.2f} s, "
-              f"{bat.path} {bat_s:6.2f} s, ratio {seq_s / bat_s:.2f}x (max per-seed accuracy difference "
-              f"{diff:.2f} points)")
-    print(f"all: sequential {total_seq:.2f} s, batched {total_bat:.2f} s, ratio {total_seq / total_bat:.2f}x")
+              f"{bat.path} {bat_s:6.2f} s ({seq_s / bat_s:.2f}x), {low.path}/{low.precision} {low_s:6.2f} s "
+              f"({seq_s / low_s:.2f}x); max per-seed accuracy difference to sequential {diff[0]:.2f} / "
+              f"{diff[1]:.2f} points")
+    print(f"all: sequential {totals[0]:.2f} s, batched {totals[1]:.2f} s ({totals[0] / totals[1]:.2f}x), "
+          f"batched {fast} {totals[2]:.2f} s ({totals[0] / totals[2]:.2f}x)")
 
 
 if __name__ == "__main__":
