@@ -276,6 +276,7 @@ class EvalResult:
     seconds: float
     seeds: list[int] = field(default_factory=list)
     path: str = "sequential"  # how the seeds trained: "batched" (one stacked step) or "sequential"
+    curve: dict[int, list[float]] = field(default_factory=dict)  # epoch -> test accuracy (%) per seed
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (for results.json)."""
@@ -342,7 +343,8 @@ def evaluate_synset(
     synset: SyntheticSet, dataset: Dataset, arch: str = "convnet3", seeds: int | Sequence[int] = 5,
     epochs: int | None = None, dsa: bool | str | None = None, protocol: str | None = None,
     device: str | torch.device | None = None, progress: bool = True,
-    model_kw: dict[str, Any] | None = None, batched: bool | None = None, **overrides: Any,
+    model_kw: dict[str, Any] | None = None, batched: bool | None = None,
+    curve_epochs: Sequence[int] | None = None, **overrides: Any,
 ) -> EvalResult:
     """Train a fresh `arch` per seed on the synthetic set and report final-epoch test accuracy (%).
 
@@ -356,7 +358,9 @@ def evaluate_synset(
     batched None: with several seeds, train all models together in one stacked step per batch
     (ddnb.batched.train_models, the same per-seed result up to float rounding) where the architecture
     allows it (no BatchNorm), else one after another (logged); True / False force either. The
-    result's `path` says which ran.
+    result's `path` says which ran. curve_epochs: epochs (1..epochs) after which every model is also
+    tested, within the same training (the result's `curve`: epoch -> accuracy per seed; the final
+    epoch's entry equals per_seed).
     """
     from ddnb.batched import batch_unsupported, train_models
     from ddnb.models import get_model
@@ -368,6 +372,7 @@ def evaluate_synset(
         raise ValueError(f"seeds must be a positive count or a non-empty list, got {seeds!r}")
     if batched not in (None, True, False):
         raise ValueError(f"batched must be None, True or False, got {batched!r}")
+    points = _curve_points(curve_epochs, settings["epochs"])
     dev = resolve_device(device)
     images, labels, kind = _training_labels(synset, settings["regime"])
     images, labels = images.to(dev), labels.to(dev)
@@ -386,18 +391,36 @@ def evaluate_synset(
     use_batched = batched is True or (batched is None and reason is None and len(seed_list) > 1)
     if batched is None and reason is not None and len(seed_list) > 1:
         log.info("evaluate_synset: %s trains its %d seeds one after another: %s", arch, len(seed_list), reason)
+    curve: dict[int, list[float]] = {e: [] for e in points}
+
+    def test_at(epoch: int, trained: Sequence[nn.Module]) -> None:
+        if epoch in curve:
+            curve[epoch].extend(100.0 * evaluate(m, x_test, y_test) for m in trained)
+
     if use_batched:
         train_models(models, images, labels, seeds=seed_list, epochs=settings["epochs"], dsa=settings["dsa"],
-                     label_kind=kind, device=dev, progress=progress, **train_kw)
+                     label_kind=kind, device=dev, progress=progress, on_epoch_end=test_at if points else None,
+                     **train_kw)
     accs: list[float] = []
     bar = tqdm(list(zip(seed_list, models)), desc=f"eval {arch}", disable=not progress)
     for s, model in bar:
         if not use_batched:
             train_model(model, images, labels, epochs=settings["epochs"], dsa=settings["dsa"], label_kind=kind,
-                        seed=s, device=dev, progress=progress, **train_kw)
-        accs.append(100.0 * evaluate(model, x_test, y_test))
+                        seed=s, device=dev, progress=progress, **train_kw,
+                        on_epoch_end=(lambda e, m: test_at(e, [m])) if points else None)
+        accs.append(curve[settings["epochs"]][len(accs)] if settings["epochs"] in curve
+                    else 100.0 * evaluate(model, x_test, y_test))
         bar.set_postfix(acc=f"{accs[-1]:.2f}")
     record = {k: v for k, v in settings.items() if k != "teacher"}
     record["teacher"] = type(settings["teacher"]).__name__ if settings.get("teacher") is not None else None
     return EvalResult(float(np.mean(accs)), float(np.std(accs, ddof=0)), accs, record, arch,
-                      time.perf_counter() - start, seed_list, "batched" if use_batched else "sequential")
+                      time.perf_counter() - start, seed_list, "batched" if use_batched else "sequential", curve)
+
+
+def _curve_points(curve_epochs: Sequence[int] | None, epochs: int) -> list[int]:
+    """The sorted distinct curve epochs, each an int in 1..epochs (ValueError naming the first that is not)."""
+    points = sorted(set(curve_epochs or ()))
+    for e in points:
+        if isinstance(e, bool) or not isinstance(e, (int, np.integer)) or not 1 <= e <= epochs:
+            raise ValueError(f"curve_epochs must be ints in 1..{epochs} (the training epochs), got {e!r}")
+    return [int(e) for e in points]
