@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -102,12 +102,14 @@ def train_models(
     temperature: float = 1.0, teacher: nn.Module | None = None, cutmix_alpha: float | None = None,
     cutmix_prob: float = 1.0, label_kind: str | None = None, device: str | torch.device | None = None,
     progress: bool = False, precision: str = "fp32",
+    on_epoch_end: Callable[[int, Sequence[nn.Module]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Train models[k] in place as train_model(models[k], ..., seed=seeds[k]) would, all in one batched step
     per batch; returns one history (train_loss, lr, seconds) per model. Settings as train_model's.
 
-    The models share one supported architecture (see batch_unsupported). Raises FloatingPointError naming the
-    seed and the epoch when a model's loss becomes NaN or infinite.
+    The models share one supported architecture (see batch_unsupported). `on_epoch_end(epoch, models)` runs
+    after every epoch (from 1) with each model holding its current weights. Raises FloatingPointError naming
+    the seed and the epoch when a model's loss becomes NaN or infinite.
     """
     if len(models) != len(seeds) or not models:
         raise ValueError(f"train_models needs one seed per model, got {len(models)} models and {len(seeds)} seeds")
@@ -143,12 +145,20 @@ def train_models(
                                                  f"{e + 1}/{epochs} (lr {lrs[e]:g}); lower the learning rate or "
                                                  "check the inputs for NaN")
                     losses[k].append(loss)
+                if on_epoch_end is not None:
+                    _copy_back(models, params)
+                    on_epoch_end(e + 1, models)
+    _copy_back(models, params)
+    seconds = time.perf_counter() - start
+    return [{"train_loss": loss, "lr": lrs, "seconds": seconds} for loss in losses]
+
+
+def _copy_back(models: Sequence[nn.Module], params: dict[str, Tensor]) -> None:
+    """Copy each model's slice of the stacked parameters into the model."""
     with torch.no_grad():
         for k, model in enumerate(models):
             for name, p in model.named_parameters():
                 p.copy_(params[name][k])
-    seconds = time.perf_counter() - start
-    return [{"train_loss": loss, "lr": lrs, "seconds": seconds} for loss in losses]
 
 
 def _batched_epoch(model: nn.Module, params: dict[str, Tensor], opt: torch.optim.Optimizer, x: Tensor,

@@ -223,7 +223,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     params = {name: parse_value(value) for name, value in args.param or []}
     out = Path(args.out) if args.out is not None else Path("runs") / Path(args.notebook).stem
-    result = run_notebook(args.notebook, params, out, progress=not args.quiet, overwrite=args.overwrite)
+    result = run_notebook(args.notebook, params, out, progress=not args.quiet, overwrite=args.overwrite,
+                          resume=args.resume)
     _out(f"{args.notebook}: {result['status']}; outputs in {out.resolve()}")
     if result["status"] == "failed":
         print(f"ddnb: run failed: {result.get('error')}", file=sys.stderr)
@@ -337,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default: runs/<notebook name>)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the earlier run in a non-empty output folder (its listed files)")
+    p.add_argument("--resume", action="store_true",
+                   help="run into the folder of an interrupted run, keeping its files (cached work is skipped)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
 

@@ -182,13 +182,15 @@ def _assigned_parameters(path: Path) -> list[str]:
 
 def run_notebook(notebook: str | Path, params: Mapping[str, Any] | None, out_dir: str | Path, *,
                  kernel: str = "python3", cell_timeout: float | None = None,
-                 progress: bool = False, overwrite: bool = False) -> dict[str, Any]:
+                 progress: bool = False, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
     """Execute a notebook headlessly into `out_dir` (executed copy, figures, results.json) and
     return its results. Bad arguments raise; a run that dies is reported (status "failed").
 
     `out_dir` must be empty or new, so an earlier run is never mixed with or lost to this one;
-    `overwrite=True` first removes an earlier run's files (those its results.json lists). The
-    folder is locked for the run (a second run into it is refused, see ddnb.locks).
+    `overwrite=True` first removes an earlier run's files (those its results.json lists); `resume=True`
+    runs into the folder of an interrupted (or finished) run as it is, keeping its files, so that a
+    notebook's on-disk caches skip the work already done. The folder is locked for the run (a second
+    run into it is refused, see ddnb.locks).
     """
     import papermill
 
@@ -201,9 +203,13 @@ def run_notebook(notebook: str | Path, params: Mapping[str, Any] | None, out_dir
     _check_params(path, params, defaults, out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"output folder {str(out)!r} is a file; give a folder (new or empty)")
+    if overwrite and resume:
+        raise ValueError("overwrite and resume exclude each other: overwrite removes the earlier run, resume "
+                         "continues it; allowed: one of them")
     check_writable(out, "output folder")
     with output_lock(out):
-        _clear_output(out, overwrite)
+        if not resume:
+            _clear_output(out, overwrite)
         out.mkdir(parents=True, exist_ok=True)
         before = _snapshot(out)
         executed = out / path.name

@@ -58,9 +58,44 @@ and 600), run seeds per configuration, the oracle window's betas and validation 
 compared (Tab. 5), classes shown in Fig. 4c, how many of the two IPCs Tab. 1 covers (smoke: the lower only).
 Filter and evaluation epochs are the ccfs budget's `epochs`."""
 
+_NB05_COMMON = dict(teacher="convnet3_bn", oracle_seeds=1, val_fraction=0.05, flat_tol=1.0, modest_below=0.6,
+                   n_boot=50, cad_order="hard", cad_model_kw={"width": 32})
+NB05: dict[str, dict[str, Any]] = {
+    "smoke": dict(_NB05_COMMON, ipcs=[2], seeds=2, epochs=6, curve_epochs=[2, 3, 4, 5, 6], test_per_class=10,
+                  pool=40, oracle_betas=[0.0, 1.0], teacher_epochs=2, teacher_pool=None, weak_epochs=1, weak_pool=10,
+                  dm_iterations=3, dm_batch_real=16, sre2l_iterations=3, dcs_nets=2, dcs_real=16, cross_archs=["mlp"],
+                  score_budget="smoke", cad_long_epochs=4, n_boot=2),
+    # an estimate from unit costs (not measured): about 45 minutes on 2 CPU cores with Fashion-MNIST, see below
+    "cpu": dict(_NB05_COMMON, ipcs=[1, 10], seeds=2, epochs=50, curve_epochs=[5, 10, 20, 35, 50], test_per_class=200,
+                pool=500, oracle_betas=[0.0, 0.5, 1.0], teacher_epochs=2, teacher_pool=None, weak_epochs=2,
+                weak_pool=500, dm_iterations=150, dm_batch_real=64, sre2l_iterations=200, dcs_nets=8, dcs_real=128,
+                cross_archs=["mlp"], score_budget="cpu", cad_long_epochs=20),
+    "paper": dict(_NB05_COMMON, ipcs=[1, 10, 50], seeds=3, epochs=300, curve_epochs=[10, 25, 50, 100, 150, 200, 300],
+                  test_per_class=None, pool=None, oracle_betas=[round(0.1 * i, 1) for i in range(10)], oracle_seeds=2,
+                  teacher_epochs=20, teacher_pool=None, weak_epochs=2, weak_pool=None, dm_iterations=20_000,
+                  dm_batch_real=256, sre2l_iterations=1000, dcs_nets=20, dcs_real=256, cross_archs=["mlp", "resnet10"],
+                  score_budget="paper", cad_long_epochs=300, n_boot=200, cad_model_kw={}),
+}
+"""Notebook 05 (soft labels, paper 004): the IPCs, evaluation seeds (model seeds; one set per IPC), the evaluation
+epochs of every regime (004 Tab. 1: 300) and the epochs at which the curves are tested (top IPC only), test images
+per class every accuracy is measured on (None: the whole test set), the pool per class the coresets are drawn from
+(EL2N, herding, k-center; None: every image), the oracle window's betas / seeds / validation fraction, the teacher
+(registry name; its epochs and pool per class, None: all data) and the weak teacher's epochs and pool, DM's and
+SRe2L's iterations (DM: real images per class), DCS's random networks and real images per class, the second
+architectures, the score budget, CAD-Prune's long run and its scoring network, the flatness tolerance of the
+compression-extraction curves (pp), the bound below which DCS's rho counts as modest, bootstrap resamples.
+`cpu` (Fashion-MNIST) from the unit costs measured here (2-core CPU: ConvNet-3 forward+backward on 256 images
+0.5 s, forward over 10,000 test images 8 s, DM 1.5 s per iteration at 128 real images per class, an epoch over
+60,000 images 2 min): teachers (all data, 2 epochs; weak: 500 per class, 2 epochs) 4.6 min; scores (EL2N,
+EL2N-SL, the oracle's) 0.6 min; oracle window 0.9 min; herding / k-center 0.3 min; DM (150 it., 64 real) 3.5 min;
+SRe2L (200 it.) 1.1 min; saturation (8 sets x 3 regimes x 2 IPCs x 2 seeds, 50 epochs, 2000 test images, five
+curve points at IPC 10) 20 min; MLP 1 min; weak teacher 5.7 min; DCS (degenerate sets, DM loss) 4 min; CAD-Prune
+2.2 min; fits and figures 1.5 min: about 45 min. `paper`: 004 Tab. 1 (300 epochs; teachers and distillers at
+their paper budgets)."""
+
 STUDIES: dict[str, dict[str, dict[str, Any]]] = {"01_selmatch_incompatibility": NB01,
                                                  "02_dance_distribution_shift": NB02, "03_dream_mmd_tsne": NB03,
-                                                 "04_ccfs_curriculum": NB04}
+                                                 "04_ccfs_curriculum": NB04, "05_soft_label_saturation": NB05}
 
 
 def study(notebook: str, budget: str) -> dict[str, Any]:

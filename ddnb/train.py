@@ -282,6 +282,7 @@ class EvalResult:
     seeds: list[int] = field(default_factory=list)
     path: str = "sequential"  # how the seeds trained: "batched" (one stacked step) or "sequential"
     precision: str = "fp32"  # what training's forward and loss ran in: "fp32" or "bf16" (autocast)
+    curve: dict[int, list[float]] = field(default_factory=dict)  # epoch -> test accuracy (%) per seed
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (for results.json)."""
@@ -348,7 +349,8 @@ def evaluate_synset(
     synset: SyntheticSet, dataset: Dataset, arch: str = "convnet3", seeds: int | Sequence[int] = 5,
     epochs: int | None = None, dsa: bool | str | None = None, protocol: str | None = None,
     device: str | torch.device | None = None, progress: bool = True,
-    model_kw: dict[str, Any] | None = None, batched: bool | None = None, precision: str = "fp32", **overrides: Any,
+    model_kw: dict[str, Any] | None = None, batched: bool | None = None, precision: str = "fp32",
+    curve_epochs: Sequence[int] | None = None, **overrides: Any,
 ) -> EvalResult:
     """Train a fresh `arch` per seed on the synthetic set and report final-epoch test accuracy (%).
 
@@ -364,6 +366,8 @@ def evaluate_synset(
     allows it (no BatchNorm), else one after another (logged); True / False force either. The
     result's `path` says which ran. precision: "fp32", "bf16" or "auto" (bf16 where native, ddnb.precision)
     for training's forward and loss (testing stays fp32); the result's `precision` says which ran.
+    curve_epochs: epochs (1..epochs) after which every model is also tested, within the same training (the
+    result's `curve`: epoch -> accuracy per seed; the final epoch's entry equals per_seed).
     """
     from ddnb.batched import batch_unsupported, train_models
     from ddnb.models import get_model
@@ -375,6 +379,7 @@ def evaluate_synset(
         raise ValueError(f"seeds must be a positive count or a non-empty list, got {seeds!r}")
     if batched not in (None, True, False):
         raise ValueError(f"batched must be None, True or False, got {batched!r}")
+    points = _curve_points(curve_epochs, settings["epochs"])
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev)
     images, labels, kind = _training_labels(synset, settings["regime"])
@@ -394,18 +399,37 @@ def evaluate_synset(
     use_batched = batched is True or (batched is None and reason is None and len(seed_list) > 1)
     if batched is None and reason is not None and len(seed_list) > 1:
         log.info("evaluate_synset: %s trains its %d seeds one after another: %s", arch, len(seed_list), reason)
+    curve: dict[int, list[float]] = {e: [] for e in points}
+
+    def test_at(epoch: int, trained: Sequence[nn.Module]) -> None:
+        if epoch in curve:
+            curve[epoch].extend(100.0 * evaluate(m, x_test, y_test) for m in trained)
+
     if use_batched:
         train_models(models, images, labels, seeds=seed_list, epochs=settings["epochs"], dsa=settings["dsa"],
-                     label_kind=kind, device=dev, progress=progress, precision=precision, **train_kw)
+                     label_kind=kind, device=dev, progress=progress, precision=precision,
+                     on_epoch_end=test_at if points else None, **train_kw)
     accs: list[float] = []
     bar = tqdm(list(zip(seed_list, models)), desc=f"eval {arch}", disable=not progress)
     for s, model in bar:
         if not use_batched:
             train_model(model, images, labels, epochs=settings["epochs"], dsa=settings["dsa"], label_kind=kind,
-                        seed=s, device=dev, progress=progress, precision=precision, **train_kw)
-        accs.append(100.0 * evaluate(model, x_test, y_test))
+                        seed=s, device=dev, progress=progress, precision=precision, **train_kw,
+                        on_epoch_end=(lambda e, m: test_at(e, [m])) if points else None)
+        accs.append(curve[settings["epochs"]][len(accs)] if settings["epochs"] in curve
+                    else 100.0 * evaluate(model, x_test, y_test))
         bar.set_postfix(acc=f"{accs[-1]:.2f}")
     record = {k: v for k, v in settings.items() if k != "teacher"}
     record["teacher"] = type(settings["teacher"]).__name__ if settings.get("teacher") is not None else None
     return EvalResult(float(np.mean(accs)), float(np.std(accs, ddof=0)), accs, record, arch,
-                      time.perf_counter() - start, seed_list, "batched" if use_batched else "sequential", precision)
+                      time.perf_counter() - start, seed_list, "batched" if use_batched else "sequential", precision,
+                      curve)
+
+
+def _curve_points(curve_epochs: Sequence[int] | None, epochs: int) -> list[int]:
+    """The sorted distinct curve epochs, each an int in 1..epochs (ValueError naming the first that is not)."""
+    points = sorted(set(curve_epochs or ()))
+    for e in points:
+        if isinstance(e, bool) or not isinstance(e, (int, np.integer)) or not 1 <= e <= epochs:
+            raise ValueError(f"curve_epochs must be ints in 1..{epochs} (the training epochs), got {e!r}")
+    return [int(e) for e in points]

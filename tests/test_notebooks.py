@@ -17,8 +17,9 @@ REQUIRED = {"dataset", "ipc", "seed", "budget", "device", "output_dir"}
 # Smoke settings; each notebook gets those of its parameters that are here.
 # ipc 2 keeps the smoke runs small: factor-2 methods train on ipc x 4 decoded images per class
 SMOKE = {"dataset": "digits", "budget": "smoke", "ipc": 2, "eval_epochs": 10, "eval_seeds": 2}
-# Per-notebook smoke settings that replace SMOKE's: CCFS needs IPC > curricula (ipc None: its study's, 8)
-SMOKE_OVERRIDES = {"04_ccfs_curriculum": {"ipc": None}}
+# Per-notebook smoke settings that replace SMOKE's: CCFS needs IPC > curricula (ipc None: its study's, 8);
+# notebook 05 uses its study's IPCs (smoke: 2)
+SMOKE_OVERRIDES = {"04_ccfs_curriculum": {"ipc": None}, "05_soft_label_saturation": {"ipc": None}}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

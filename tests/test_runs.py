@@ -359,3 +359,17 @@ def test_report_table_reads_notebook_folders_only(tmp_path):
     (tmp_path / "results" / "benchmarks").mkdir()
     (tmp_path / "results" / "benchmarks" / "bench.json").write_text('{"forgetting": {"spearman": 0.8}}')
     assert len(records.report_table(tmp_path / "results").splitlines()) == 2 + 2  # header + the run's two rows
+
+
+def test_resume_runs_into_the_folder_of_an_interrupted_run_and_keeps_its_files(tmp_path):
+    nb = _notebook(tmp_path / "ok.ipynb", "from ddnb.runs import write_results\n"
+                   "write_results(output_dir, 'ok', {'x': x}, {}, [])")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "ok.ipynb").write_text("{}")  # what a killed run leaves: its executed copy, no results.json
+    (out / "cache.json").write_text("kept")
+    with pytest.raises(ValueError, match="overwrite and resume exclude each other"):
+        runs.run_notebook(nb, {}, out, overwrite=True, resume=True)
+    res = runs.run_notebook(nb, {"x": 3}, out, resume=True)
+    assert res["status"] == "ok" and res["params"]["x"] == 3
+    assert (out / "cache.json").read_text() == "kept"
