@@ -46,12 +46,15 @@ def _row(root: Path, path: Path) -> dict[str, Any]:
 
 
 def record_path(results: Mapping[str, Any], results_root: str | Path) -> Path:
-    """Where a run's record goes: `results_root/<notebook>/<budget>-<dataset>-ipcN-seedS.json`."""
-    missing = [k for k in RECORD_PARAMS if results["params"].get(k) is None]
+    """Where a run's record goes: `results_root/<notebook>/<budget>-<dataset>-ipcN-seedS.json`; a run over
+    several IPCs (param ipc None, params["ipcs"] the list it studied) is named ipcA+B+..."""
+    p = dict(results["params"])
+    if p.get("ipc") is None and p.get("ipcs"):
+        p["ipc"] = "+".join(str(i) for i in p["ipcs"])
+    missing = [k for k in RECORD_PARAMS if p.get(k) is None]
     if missing:
         raise ValueError(f"run of {results['notebook']} lacks param(s) {missing} that name its record "
                          f"(<budget>-<dataset>-ipcN-seedS.json)")
-    p = results["params"]
     return Path(results_root) / results["notebook"] / f"{p['budget']}-{p['dataset']}-ipc{p['ipc']}-seed{p['seed']}.json"
 
 

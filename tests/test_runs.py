@@ -215,6 +215,8 @@ def test_record_result_files_the_run_by_notebook_budget_dataset_ipc_seed(tmp_pat
     with pytest.raises(ValueError, match="already holds"):
         records.record_result(run, tmp_path / "results")
     assert records.record_result(run, tmp_path / "results", overwrite=True) == path
+    study = _run(tmp_path / "outputs" / "study", ipc=None, ipcs=[1, 10])  # a run over several IPCs
+    assert records.record_result(study, tmp_path / "results").name == "cpu-fashion_mnist-ipc1+10-seed0.json"
     bare = tmp_path / "bare"
     _write_ok(bare, params={"ipc": 1, "dataset": "digits"})
     with pytest.raises(ValueError, match=r"\['budget', 'seed'\]"):
