@@ -11,27 +11,37 @@ affine in the input pixels, so gradients flow to the images. Siamese mode (`seed
 private generator, shared by every row, so a real and a synthetic batch of any sizes get the
 same transform and the global RNG is untouched. All index work uses gather / masks, so inputs
 in any memory format (channels_last included) work.
+
+Two draw modes (`draws`): "independent" (default) takes every number in turn from one generator
+seeded with `seed`; "reference" re-seeds it before EVERY draw with seed, seed + 1, seed + 2, ... as
+the reference's `set_seed_DiffAug` does (`latestseed` incremented per draw: the piece choice, then each
+parameter), so on CPU its numbers equal the reference's for the same seed. `align_corners` sets
+F.affine_grid / grid_sample of the affine pieces (scale, rotate): True is the behaviour of torch <= 1.2
+(the reference's pinned torch 1.2.0, whose calls pass no align_corners), False the default since 1.3.
+Both map a pixel's offset from the image centre through the same linear map when H == W, so on square
+images they agree up to float rounding; only rotation of a non-square image differs.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ddnb.settings import Int, require
+from ddnb.settings import Bool, Choice, Int, require
 
 DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 DSA_PIECES = ("color", "crop", "cutout", "flip", "scale", "rotate")
 IDC_PREFIX = "idc:"  # strategy prefix of the IDC composition (see the module docstring)
 IDC_ALWAYS = ("flip", "color")  # pieces the IDC composition applies on every call before the drawn one
+DSA_DRAWS = ("independent", "reference")  # how a seeded call draws its numbers (see the module docstring)
 
 
 @dataclass(frozen=True)
 class DSAParams:
-    """Augmentation magnitudes of the reference `ParamDiffAug`."""
+    """Augmentation magnitudes of the reference `ParamDiffAug`, and align_corners of the affine pieces."""
 
     prob_flip: float = 0.5
     ratio_scale: float = 1.2
@@ -41,6 +51,7 @@ class DSAParams:
     brightness: float = 1.0
     saturation: float = 2.0
     contrast: float = 0.5
+    align_corners: bool = True
 
 
 DSA_PARAMS = DSAParams()
@@ -68,75 +79,91 @@ def is_idc(strategy: str) -> bool:
     return strategy.startswith(IDC_PREFIX)
 
 
-def idc_pieces(pieces: list[str], generator: torch.Generator | None) -> list[str]:
+class Draws:
+    """The random numbers of one dsa call: a private generator (seed given) or the global RNG (seed None),
+    re-seeded with seed, seed + 1, ... before each draw when `reseed` (the reference's `set_seed_DiffAug`)."""
+
+    def __init__(self, seed: int | None, reseed: bool = False):
+        self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        self.next_seed = seed if reseed else None
+
+    def next(self) -> torch.Generator | None:
+        """The generator to take the next draw from (re-seeded first in the reference mode)."""
+        if self.next_seed is not None:
+            self.generator.manual_seed(self.next_seed)
+            self.next_seed += 1
+        return self.generator
+
+
+def idc_pieces(pieces: list[str], draws: Draws) -> list[str]:
     """The pieces one IDC-composition call applies, in order: flip, color, one drawn of the rest, cutout."""
     rest = [p for p in pieces if p not in IDC_ALWAYS and p != "cutout"]
-    drawn = [rest[int(torch.randint(len(rest), (1,), generator=generator))]] if rest else []
+    drawn = [rest[int(torch.randint(len(rest), (1,), generator=draws.next()))]] if rest else []
     return [p for p in IDC_ALWAYS if p in pieces] + drawn + (["cutout"] if "cutout" in pieces else [])
 
 
-def _uniform(n: int, generator: torch.Generator | None, x: torch.Tensor) -> torch.Tensor:
-    """n uniform [0,1) draws (CPU, from `generator` or the global RNG), moved to x's device/dtype."""
-    return torch.rand(n, generator=generator).to(device=x.device, dtype=x.dtype)
+def _uniform(n: int, g: Draws, x: torch.Tensor) -> torch.Tensor:
+    """n uniform [0,1) draws (CPU, float32, from `g`), moved to x's device/dtype."""
+    return torch.rand(n, generator=g.next()).to(device=x.device, dtype=x.dtype)
 
 
-def _randint(low: int, high: int, n: int, generator: torch.Generator | None, x: torch.Tensor) -> torch.Tensor:
-    """n integers in [low, high) (CPU draw), moved to x's device."""
-    return torch.randint(low, high, (n,), generator=generator).to(x.device)
+def _randint(low: int, high: int, n: int, g: Draws, x: torch.Tensor) -> torch.Tensor:
+    """n integers in [low, high) (CPU draw from `g`), moved to x's device."""
+    return torch.randint(low, high, (n,), generator=g.next()).to(x.device)
 
 
-def _brightness(x: torch.Tensor, n: int, g: torch.Generator | None, p: DSAParams) -> torch.Tensor:
+def _brightness(x: torch.Tensor, n: int, g: Draws, p: DSAParams) -> torch.Tensor:
     """Add (r - 0.5) * brightness to every pixel."""
     r = _uniform(n, g, x).view(-1, 1, 1, 1)
     return x + (r - 0.5) * p.brightness
 
 
-def _saturation(x: torch.Tensor, n: int, g: torch.Generator | None, p: DSAParams) -> torch.Tensor:
+def _saturation(x: torch.Tensor, n: int, g: Draws, p: DSAParams) -> torch.Tensor:
     """Scale each pixel's deviation from its channel mean by r * saturation."""
     r = _uniform(n, g, x).view(-1, 1, 1, 1)
     mean = x.mean(dim=1, keepdim=True)
     return (x - mean) * (r * p.saturation) + mean
 
 
-def _contrast(x: torch.Tensor, n: int, g: torch.Generator | None, p: DSAParams) -> torch.Tensor:
+def _contrast(x: torch.Tensor, n: int, g: Draws, p: DSAParams) -> torch.Tensor:
     """Scale each image's deviation from its mean by r + contrast."""
     r = _uniform(n, g, x).view(-1, 1, 1, 1)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     return (x - mean) * (r + p.contrast) + mean
 
 
-def _flip(x: torch.Tensor, n: int, g: torch.Generator | None, p: DSAParams) -> torch.Tensor:
+def _flip(x: torch.Tensor, n: int, g: Draws, p: DSAParams) -> torch.Tensor:
     """Mirror left-right with probability prob_flip."""
     r = _uniform(n, g, x).view(-1, 1, 1, 1)
     return torch.where(r < p.prob_flip, x.flip(3), x)
 
 
-def _affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """Resample x through 2x3 affine matrices theta (1 or N of them), zeros outside."""
+def _affine(x: torch.Tensor, theta: torch.Tensor, align_corners: bool) -> torch.Tensor:
+    """Resample x (bilinear) through 2x3 affine matrices theta (1 or N of them), zeros outside."""
     theta = theta.expand(x.shape[0], 2, 3)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=True)
-    return F.grid_sample(x, grid, align_corners=True)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=align_corners)
+    return F.grid_sample(x, grid, align_corners=align_corners)
 
 
-def _scale(x: torch.Tensor, n: int, g: torch.Generator | None, p: DSAParams) -> torch.Tensor:
+def _scale(x: torch.Tensor, n: int, g: Draws, p: DSAParams) -> torch.Tensor:
     """Zoom each axis independently by a factor in [1/ratio_scale, ratio_scale]."""
     lo, hi = 1.0 / p.ratio_scale, p.ratio_scale
     sx = _uniform(n, g, x) * (hi - lo) + lo
     sy = _uniform(n, g, x) * (hi - lo) + lo
     zero = torch.zeros_like(sx)
     theta = torch.stack([torch.stack([sx, zero, zero], 1), torch.stack([zero, sy, zero], 1)], 1)
-    return _affine(x, theta)
+    return _affine(x, theta, p.align_corners)
 
 
-def _rotate(x: torch.Tensor, n: int, g: torch.Generator | None, p: DSAParams) -> torch.Tensor:
+def _rotate(x: torch.Tensor, n: int, g: Draws, p: DSAParams) -> torch.Tensor:
     """Rotate by an angle in [-ratio_rotate, ratio_rotate] degrees."""
     angle = (_uniform(n, g, x) - 0.5) * 2 * p.ratio_rotate / 180 * math.pi
     cos, sin, zero = torch.cos(angle), torch.sin(angle), torch.zeros_like(angle)
     theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
-    return _affine(x, theta)
+    return _affine(x, theta, p.align_corners)
 
 
-def _crop(x: torch.Tensor, n: int, g: torch.Generator | None, p: DSAParams) -> torch.Tensor:
+def _crop(x: torch.Tensor, n: int, g: Draws, p: DSAParams) -> torch.Tensor:
     """Translate by integer shifts up to ratio_crop_pad of the side, zero-filling (pad-and-crop)."""
     N, C, H, W = x.shape
     shift_h, shift_w = int(H * p.ratio_crop_pad + 0.5), int(W * p.ratio_crop_pad + 0.5)
@@ -149,7 +176,7 @@ def _crop(x: torch.Tensor, n: int, g: torch.Generator | None, p: DSAParams) -> t
     return out.gather(3, cols.view(-1, 1, 1, W).expand(N, C, H, W))
 
 
-def _cutout(x: torch.Tensor, n: int, g: torch.Generator | None, p: DSAParams) -> torch.Tensor:
+def _cutout(x: torch.Tensor, n: int, g: Draws, p: DSAParams) -> torch.Tensor:
     """Zero a ratio_cutout-sized rectangle (clipped at the border) centred at a random pixel."""
     _, _, H, W = x.shape
     ch, cw = int(H * p.ratio_cutout + 0.5), int(W * p.ratio_cutout + 0.5)
@@ -171,30 +198,36 @@ _PIECE_FNS = {
 }
 
 
-def dsa(x: torch.Tensor, strategy: str = DSA_STRATEGY, seed: int | None = None) -> torch.Tensor:
+def dsa(x: torch.Tensor, strategy: str = DSA_STRATEGY, seed: int | None = None, draws: str = "independent",
+        align_corners: bool = True) -> torch.Tensor:
     """Differentiable siamese augmentation of a (N,C,H,W) batch: one strategy piece per call (DSA), or
     the IDC composition for an "idc:" strategy (flip, color, cutout every call, one of the rest).
 
     seed given: one parameter set for the whole batch drawn from a private CPU generator seeded
     with `seed`, so any two batches augmented with the same seed get the same op and parameters
     (the global RNG is untouched). seed None: per-sample parameters from the global RNG.
+    draws: "independent" or "reference" (re-seed before every draw, see the module docstring; no
+    effect without a seed, as in the reference); align_corners: of scale and rotate.
     Strategy "none" (or "") returns x unchanged.
     """
     pieces = parse_strategy(strategy)
     if x.dim() != 4:
         raise ValueError(f"dsa expects a 4-D (N,C,H,W) batch, got shape {tuple(x.shape)}")
     require("seed", seed, Int(None, optional=True))
+    require("draws", draws, Choice(*DSA_DRAWS))
+    require("align_corners", align_corners, Bool())
     if not pieces:
         return x
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    g = Draws(seed, reseed=draws == "reference")
+    params = replace(DSA_PARAMS, align_corners=align_corners)
     n = 1 if seed is not None else x.shape[0]
     if is_idc(strategy):
-        chosen = idc_pieces(pieces, generator)
+        chosen = idc_pieces(pieces, g)
     else:
-        chosen = [pieces[int(torch.randint(len(pieces), (1,), generator=generator))]]
+        chosen = [pieces[int(torch.randint(len(pieces), (1,), generator=g.next()))]]
     for piece in chosen:
         for fn in _PIECE_FNS[piece]:
-            x = fn(x, n, generator, DSA_PARAMS)
+            x = fn(x, n, g, params)
     return x
 
 

@@ -16,6 +16,13 @@ recompiled. `dsa_strategy=None` turns augmentation off. Setting `precision` ("fp
 autocast; the synthetic forward/backward stays fp32. Under bf16 the network and inputs use the contiguous
 layout whatever `channels_last` says: oneDNN's bf16 GroupNorm on channels_last made a Fashion-MNIST `cpu`
 iteration 1.25x slower than fp32, contiguous 1.35x faster (one thread, AVX512-BF16).
+
+Three settings reproduce the reference's DSA for issue 11's ablation (`benchmarks/ablate_dm.py`); their
+defaults are ddnb's behaviour: `dsa_draws` "reference" re-seeds before every draw as `DiffAugment` does
+(ddnb.augment), `dsa_align_corners` False is the affine ops' default since torch 1.3 (on square images
+equal to True up to float rounding), and `class_seeds` "shared" gives every class of an iteration one DSA
+seed (the reference's seed is the time in ms mod 100,000, so classes augmented within one millisecond
+share it).
 """
 from __future__ import annotations
 
@@ -25,7 +32,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from ddnb.augment import DSA_STRATEGY, dsa
+from ddnb.augment import DSA_DRAWS, DSA_STRATEGY, dsa
 from ddnb.methods import register
 from ddnb.methods.base import build_synset, class_images, in_loop_eval, init_synthetic
 from ddnb.methods.loop import History, RunOptions, run_loop, seed_iteration
@@ -39,10 +46,12 @@ log = logging.getLogger(__name__)
 
 _COMMON = dict(arch="convnet3", lr_img=1.0, momentum=0.5, dsa_strategy=DSA_STRATEGY, init="real",
                factor=1, channels_last=True, compile=False, real_chunk=256, eval_seeds=1, precision="fp32",
-               **SAMPLER_SETTINGS)
+               dsa_draws="independent", dsa_align_corners=True, class_seeds="per_class", **SAMPLER_SETTINGS)
 SPEC = dict(arch=Text(), lr_img=Positive(), momentum=Float(0, 1, high_open=True), dsa_strategy=Strategy(),
             init=Choice("real", "noise"), factor=Int(1), channels_last=Bool(), compile=Bool(), real_chunk=Int(1),
-            eval_seeds=Int(1), iterations=Int(0), batch_real=Int(1), precision=Choice(*PRECISIONS), **SAMPLER_SPEC)
+            eval_seeds=Int(1), iterations=Int(0), batch_real=Int(1), precision=Choice(*PRECISIONS),
+            dsa_draws=Choice(*DSA_DRAWS), dsa_align_corners=Bool(), class_seeds=Choice("per_class", "shared"),
+            **SAMPLER_SPEC)
 BUDGETS = {
     "smoke": {**_COMMON, "iterations": 20, "batch_real": 32},  # seconds on digits, for tests
     "cpu": {**_COMMON, "iterations": 500, "batch_real": 128},  # minutes for Fashion-MNIST IPC 10 on 2 cores
@@ -55,14 +64,16 @@ Embed = Callable[[Tensor], Tensor]
 
 # ---------------------------------------------------------------- the loss, batched
 
-def class_seeds(generator: torch.Generator, num_classes: int) -> list[int]:
-    """One DSA seed per class for this iteration (shared by the real and synthetic batch: siamese)."""
-    return torch.randint(0, 2**31 - 1, (num_classes,), generator=generator).tolist()
+def class_seeds(generator: torch.Generator, num_classes: int, shared: bool = False) -> list[int]:
+    """One DSA seed per class for this iteration (shared by the real and synthetic batch: siamese); with
+    `shared`, the first of them for every class (the same numbers are drawn either way)."""
+    seeds = torch.randint(0, 2**31 - 1, (num_classes,), generator=generator).tolist()
+    return [seeds[0]] * num_classes if shared else seeds
 
 
-def _augment(x: Tensor, seed: int, strategy: str | None) -> Tensor:
+def _augment(x: Tensor, seed: int, strategy: str | None, draws: str, align_corners: bool) -> Tensor:
     """DSA with the class's seed, or x itself when augmentation is off."""
-    return dsa(x, strategy, seed=seed) if strategy else x
+    return dsa(x, strategy, seed=seed, draws=draws, align_corners=align_corners) if strategy else x
 
 
 def _to_format(x: Tensor, channels_last: bool) -> Tensor:
@@ -94,14 +105,16 @@ def _chunks(sizes: list[int], chunk: int) -> list[range]:
 
 
 def real_class_means(embed: Embed, real: list[Tensor], seeds: list[int], strategy: str | None,
-                     chunk: int, channels_last: bool = True, precision: str = "fp32") -> Tensor:
+                     chunk: int, channels_last: bool = True, precision: str = "fp32", *,
+                     draws: str = "independent", align_corners: bool = True) -> Tensor:
     """Mean embedding (K, D) of each class's augmented real batch, without autograd, in class chunks;
     the embed under `precision` (ddnb.precision: bf16 autocast or fp32), the means in fp32."""
     sizes = [r.shape[0] for r in real]
     means = []
     with torch.inference_mode():
         for cls in _chunks(sizes, chunk):
-            x = _to_format(torch.cat([_augment(real[c], seeds[c], strategy) for c in cls]), channels_last)
+            x = _to_format(torch.cat([_augment(real[c], seeds[c], strategy, draws, align_corners) for c in cls]),
+                           channels_last)
             with autocast(precision, x.device):
                 feats = embed(x)
             means.append(_class_means(feats.float(), sizes[cls.start:cls.stop]))
@@ -109,9 +122,9 @@ def real_class_means(embed: Embed, real: list[Tensor], seeds: list[int], strateg
 
 
 def syn_class_means(embed: Embed, syn: list[Tensor], seeds: list[int], strategy: str | None,
-                    channels_last: bool = True) -> Tensor:
+                    channels_last: bool = True, *, draws: str = "independent", align_corners: bool = True) -> Tensor:
     """Mean embedding (K, D) of each class's augmented synthetic images: all classes in one forward."""
-    x = torch.cat([_augment(s, seeds[c], strategy) for c, s in enumerate(syn)])
+    x = torch.cat([_augment(s, seeds[c], strategy, draws, align_corners) for c, s in enumerate(syn)])
     return _class_means(embed(_to_format(x, channels_last)), [s.shape[0] for s in syn])
 
 
@@ -192,6 +205,7 @@ def distill_dm(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, s
     opt = torch.optim.SGD([images], lr=s["lr_img"], momentum=s["momentum"])
     fresh = ReinitNet(s["arch"], data, dev, layout, s["compile"])
     strategy = s["dsa_strategy"]
+    aug = dict(draws=s["dsa_draws"], align_corners=s["dsa_align_corners"])
     # DM draws its own uniform batches; sampler="dream" plugs in DREAM's representative batches
     sampler = make_sampler(s, data, s["batch_real"], seed) if s["sampler"] != "random" else None
     state: dict[str, Any] = {"images": images, "optimizer": opt, **({"sampler": sampler} if sampler else {})}
@@ -204,10 +218,10 @@ def distill_dm(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, s
             real = [sampler.sample(c, it) for c in range(data.num_classes)]
         else:
             real = sample_real(data, s["batch_real"], g)
-        seeds = class_seeds(g, data.num_classes)
-        mean_real = real_class_means(fresh.embed, real, seeds, strategy, s["real_chunk"], layout, precision)
+        seeds = class_seeds(g, data.num_classes, shared=s["class_seeds"] == "shared")
+        mean_real = real_class_means(fresh.embed, real, seeds, strategy, s["real_chunk"], layout, precision, **aug)
         syn = syn_by_class(images, ipc, data.num_classes, s["factor"], data.image_size)
-        loss = dm_loss(mean_real, syn_class_means(fresh.embed, syn, seeds, strategy, layout))
+        loss = dm_loss(mean_real, syn_class_means(fresh.embed, syn, seeds, strategy, layout, **aug))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
