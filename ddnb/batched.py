@@ -166,7 +166,7 @@ def _batched_epoch(model: nn.Module, params: dict[str, Tensor], opt: torch.optim
                    cutmix_prob: float, streams: list[_Stream], precision: str) -> list[float]:
     """One pass over x per model, each in its own random order; each model's mean loss (see run_epoch)."""
     n = x.shape[0]
-    perms = [torch.randperm(n, generator=s.gen).to(x.device) for s in streams]
+    perms = [torch.randperm(n, generator=s.gen).to(x.device, non_blocking=True) for s in streams]
     total = torch.zeros(len(streams), device=x.device)
     for i in range(0, n, batch_size):
         idx = [perm[i:i + batch_size] for perm in perms]

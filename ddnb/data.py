@@ -140,7 +140,7 @@ class Dataset:
                              f"(class {c} has {len(idx)} training images)")
         device = generator.device if generator is not None else torch.device("cpu")
         perm = torch.randperm(len(idx), generator=generator, device=device)[:n]
-        return self.x_train[idx[perm.to(idx.device)]]
+        return self.x_train[idx[perm.to(idx.device, non_blocking=True)]]
 
     def normalize(self, x01: Tensor) -> Tensor:
         """Map images with pixels in [0, 1] into this dataset's normalized pixel space."""

@@ -222,7 +222,7 @@ class RandomSampler:
         """Indices into dataset.x_train of the batch of class `cls` at `step` (seeded by seed, class, step)."""
         idx = self.dataset.class_indices()[cls]
         gen = torch.Generator().manual_seed(_mix_seed(self.seed, step, cls))
-        return idx[torch.randperm(len(idx), generator=gen)[:self.batch_size].to(idx.device)]
+        return idx[torch.randperm(len(idx), generator=gen)[:self.batch_size].to(idx.device, non_blocking=True)]
 
     def sample(self, cls: int, step: int) -> Tensor:
         """Real images of class `cls` for matching step `step`."""
@@ -282,7 +282,7 @@ class DreamSampler:
         if self.pool is None or self.pool >= len(idx):
             return idx
         gen = torch.Generator().manual_seed(_mix_seed(self.seed, cls, block, 1))
-        return idx[torch.randperm(len(idx), generator=gen)[:self.pool].to(idx.device)]
+        return idx[torch.randperm(len(idx), generator=gen)[:self.pool].to(idx.device, non_blocking=True)]
 
     def cluster_seed(self, cls: int, block: int) -> int:
         """The k-means seed of class `cls` at clustering block `block` (a function of the sampler seed)."""
@@ -313,7 +313,7 @@ class DreamSampler:
     def sample(self, cls: int, step: int) -> Tensor:
         """Real images of class `cls` for matching step `step`."""
         idx = self.select(cls, step)
-        return self.dataset.x_train[idx.to(self.dataset.x_train.device)]
+        return self.dataset.x_train[idx.to(self.dataset.x_train.device, non_blocking=True)]
 
     def state_dict(self) -> dict[str, Any]:
         """The current selection per class and the clustering block it belongs to (for exact resume)."""

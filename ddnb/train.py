@@ -210,8 +210,8 @@ def train_model(
             for e in tqdm(range(epochs), desc="train", leave=False, disable=not progress):
                 for group in opt.param_groups:
                     group["lr"] = lrs[e]
-                loss = run_epoch(model, opt, x, step, batch_size, strategy, cutmix_alpha, cutmix_prob, gen,
-                                 precision=precision)
+                loss = float(run_epoch(model, opt, x, step, batch_size, strategy, cutmix_alpha, cutmix_prob, gen,
+                                       precision=precision))  # the epoch's host sync (NaN check, history)
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"training loss became {loss} at epoch {e + 1}/{epochs} (lr {lrs[e]:g}); "
                                              "lower the learning rate or check the inputs for NaN")
@@ -224,15 +224,16 @@ def train_model(
 
 def run_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, step: RegimeLoss, batch_size: int,
               strategy: str | None, cutmix_alpha: float | None, cutmix_prob: float,
-              gen: torch.Generator, order: Tensor | None = None, precision: str = "fp32") -> float:
-    """One pass over the rows `order` of x (default: all of x in a random order from `gen`); the mean loss.
+              gen: torch.Generator, order: Tensor | None = None, precision: str = "fp32") -> Tensor:
+    """One pass over the rows `order` of x (default: all of x in a random order from `gen`); the mean loss, a
+    float64 0-d tensor left on x's device (no host sync: the caller converts it once per epoch).
 
     Each batch gets per-sample DSA (`strategy`, global RNG) and, with probability `cutmix_prob`,
     CutMix; forward and loss run under `precision` (ddnb.precision); the loss is weighted by batch size in the mean.
     """
     from ddnb.augment import cutmix, dsa
 
-    perm = (torch.randperm(x.shape[0], generator=gen) if order is None else order).to(x.device)
+    perm = (torch.randperm(x.shape[0], generator=gen) if order is None else order).to(x.device, non_blocking=True)
     n = perm.numel()
     total = torch.zeros((), device=x.device)
     for i in range(0, n, batch_size):
@@ -249,7 +250,7 @@ def run_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, step: Reg
         loss.backward()
         opt.step()
         total += loss.detach() * idx.numel()
-    return float(total) / max(n, 1)
+    return total.double() / max(n, 1)
 
 
 # ------------------------------------------------------------------------- testing

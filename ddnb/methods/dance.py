@@ -161,16 +161,16 @@ def distill_dance(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str
     strategy = s["dsa_strategy"]
     k, size = data.num_classes, data.image_size
 
-    def calibrate(g: torch.Generator) -> float:
+    def calibrate(g: torch.Generator) -> Tensor:
         syn = sample_syn(images, ipc, k, s["factor"], size, s["batch_syn_max"], g)
         x = _augment_all(syn, class_seeds(g, k), strategy).contiguous(memory_format=fmt)
         loss = calibration_term(expert.net(x), k)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return loss.item()
+        return loss.detach()
 
-    def step(it: int) -> float:
+    def step(it: int) -> Tensor:
         g = seed_iteration(seed, it)
         n, lam = int(torch.randint(len(inits), (1,), generator=g)), float(torch.rand((), generator=g))
         if s["pltda"]:
@@ -188,11 +188,11 @@ def distill_dance(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        calib = 0.0
-        if s["iter_calib"] and (it + 1) % s["calib_interval"] == 0:
-            load_params(expert.net, finals[n])
-            calib = sum(calibrate(g) for _ in range(s["iter_calib"]))
-        return loss.item() + calib
+        if not (s["iter_calib"] and (it + 1) % s["calib_interval"] == 0):
+            return loss.detach()
+        load_params(expert.net, finals[n])
+        calib = sum(calibrate(g).double() for _ in range(s["iter_calib"]))  # float64 on the device, as a float sum
+        return loss.detach().double() + calib
 
     def current(state: dict[str, Any] | None = None) -> Any:
         return build_synset(images, labels, data, method="dance", settings=s, seed=seed, budget=budget,

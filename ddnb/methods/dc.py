@@ -109,7 +109,7 @@ def train_on_synthetic(net: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y:
                        batch_size: int, strategy: str | None = None) -> None:
     """The inner loop: `epochs` passes of SGD on the (detached) synthetic set, shuffled by the global RNG."""
     for _ in range(epochs):
-        perm = torch.randperm(x.shape[0]).to(x.device)
+        perm = torch.randperm(x.shape[0]).to(x.device, non_blocking=True)
         for lo in range(0, x.shape[0], batch_size):
             idx = perm[lo:lo + batch_size]
             xb = dsa(x[idx], strategy) if strategy else x[idx]
@@ -143,12 +143,12 @@ def _gradient_matching(name: str, dataset: Any, ipc: int, *, seed: int, device: 
         x = images.detach()
         return factor_decode(x, s["factor"], size) if s["factor"] > 1 else x
 
-    def step(it: int) -> float:
+    def step(it: int) -> Tensor:
         g = seed_iteration(seed, it)
         net = get_model(s["arch"], ch, k, size).to(dev)
         net.train()
         opt_net = torch.optim.SGD(net.parameters(), lr=s["lr_net"])
-        total = 0.0
+        total = torch.zeros((), dtype=torch.float64, device=dev)  # summed on the device, as Python's float sum
         for ol in range(outer):
             freeze_batchnorm(net, data, g)
             if sampler:
@@ -162,7 +162,7 @@ def _gradient_matching(name: str, dataset: Any, ipc: int, *, seed: int, device: 
             opt_img.zero_grad(set_to_none=True)
             loss.backward(inputs=[images])
             opt_img.step()
-            total += loss.item()
+            total += loss.detach()
             if ol < outer - 1:
                 train_on_synthetic(net, opt_net, x_train(), y_train, inner, s["batch_train"], strategy)
         return total / (k * outer)

@@ -210,7 +210,7 @@ def distill_dm(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, s
     sampler = make_sampler(s, data, s["batch_real"], seed) if s["sampler"] != "random" else None
     state: dict[str, Any] = {"images": images, "optimizer": opt, **({"sampler": sampler} if sampler else {})}
 
-    def step(it: int) -> float:
+    def step(it: int) -> Tensor:
         g = seed_iteration(seed, it)
         fresh.renew()
         if sampler:
@@ -225,7 +225,7 @@ def distill_dm(dataset: Any, ipc: int, *, seed: int, device: Any, budget: str, s
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return loss.item()
+        return loss.detach()
 
     def current(state: dict[str, Any] | None = None) -> Any:
         return build_synset(images, labels, data, method="dm", settings=s, seed=seed, budget=budget,

@@ -256,7 +256,7 @@ def _distill(name: str, dataset: Any, ipc: int, *, seed: int, device: Any, budge
         sampler.bind(net)
         with torch.no_grad():
             images.copy_(torch.maximum(torch.minimum(images, hi), lo))
-        total, grad_sum, feat_sum = 0.0, 0.0, 0.0
+        sums = torch.zeros(3, dtype=torch.float64, device=dev)  # loss, grad term, feature term: summed on the device
         for ot in range(inner):
             for c in range(k):
                 real = sampler.sample(c, it * inner + ot)
@@ -269,11 +269,10 @@ def _distill(name: str, dataset: Any, ipc: int, *, seed: int, device: Any, budge
                 opt_img.zero_grad(set_to_none=True)
                 loss.backward(inputs=[images])
                 opt_img.step()
-                total += loss.item()
-                grad_sum += grad_term.item()
-                feat_sum += feat_term.item()
+                sums += torch.stack([loss.detach(), grad_term.detach(), feat_term.detach()])
             if s["net_data"]:
                 train_on_real(net, opt_net, data, s["net_data"], s["net_batch"], s["cutmix_prob"], g)
+        total, grad_sum, feat_sum = sums.tolist()  # the iteration's one host sync
         state["grad_term"], state["feature_term"] = grad_sum / (k * inner), feat_sum / (k * inner)
         return total / (k * inner)
 

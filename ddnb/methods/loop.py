@@ -1,7 +1,7 @@
 """The checkpointed loop every distillation runs: its options, History, per-iteration seeds,
 checksummed checkpoints that record the run's identity, exact resume and a clear stop on NaN.
 
-A method writes one `step(it) -> float` closure over a `state` dict and hands both to
+A method writes one `step(it) -> loss` closure over a `state` dict and hands both to
 `run_loop` with the run's `RunOptions`, which adds progress, timing, periodic evaluation, atomic
 checkpoints, exact resume and a clear stop on NaN. Resume is exact because every random choice
 inside `step(it)` comes from `seed_iteration(seed, it)` (a function of seed and iteration only),
@@ -40,7 +40,7 @@ CHECKPOINT_FORMAT = 2  # 2: a checksummed frame around the torch.save payload, a
 _CKPT_MAGIC = b"ddnb-checkpoint 2\n"
 _CKPT_HEADER_RE = re.compile(rb"^sha256=([0-9a-f]{64}) bytes=(\d+)\n")
 _CKPT_RE = re.compile(r"^ckpt_(\d{8})\.pt$")
-Step = Callable[[int], float]
+Step = Callable[[int], float | Tensor]  # a 0-d device tensor: run_loop syncs it once per iteration
 Callback = Callable[[int, dict[str, Any]], None]
 
 
@@ -364,7 +364,7 @@ def run_loop(step: Step, state: dict[str, Any], *, method: str, settings: dict[s
     bar = tqdm(range(start, n_iters), initial=start, total=n_iters, desc=method, disable=not run.progress)
     for it in bar:
         t0 = time.perf_counter()
-        loss = float(step(it))
+        loss = float(step(it))  # the iteration's host sync: History and the NaN check need the value
         seconds = time.perf_counter() - t0
         if not math.isfinite(loss):
             bar.close()

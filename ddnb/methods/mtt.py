@@ -285,12 +285,12 @@ def _trajectory_matching(name: str, dataset: Any, ipc: int, *, seed: int, device
     strategy = s["dsa_strategy"] or None
     optimizers = [state[k] for k in ("opt_img", "opt_lr", "opt_y") if k in state]
 
-    def step(it: int) -> float:
+    def step(it: int) -> Tensor | float:
         g = seed_iteration(seed, it)
         traj = trajs[int(torch.randint(len(trajs), (1,), generator=g))]
         low, high = start_epoch_bounds(s, it)
         t = int(torch.randint(low, high, (1,), generator=g))
-        start, target = traj[t].to(dev), traj[t + s["expert_epochs"]].to(dev)
+        start, target = traj[t].to(dev, non_blocking=True), traj[t + s["expert_epochs"]].to(dev, non_blocking=True)
         x = factor_decode(images, s["factor"], size) if s["factor"] > 1 else images
         y = factor_labels(labels, s["factor"]) if s["factor"] > 1 else labels
         batches = student_batches(x, y, s["syn_steps"], s["batch_syn"], strategy)
@@ -298,10 +298,15 @@ def _trajectory_matching(name: str, dataset: Any, ipc: int, *, seed: int, device
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         loss.backward()
-        if not datm or loss.item() <= s["threshold"]:
+        if not datm:
             for opt in optimizers:
                 opt.step()
-        return loss.item()
+            return loss.detach()
+        value = loss.item()  # DATM's threshold decides on the host: the iteration's one sync
+        if value <= s["threshold"]:
+            for opt in optimizers:
+                opt.step()
+        return value
 
     kind = "soft_logits" if datm else "hard"
     evaluate = in_loop_eval(lambda st: _result(images, labels, data, s, name, seed, budget, st, kind), data, dev,

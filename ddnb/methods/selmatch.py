@@ -119,11 +119,11 @@ def _mtt_step(data: Any, s: dict[str, Any], state: dict[str, Any], real: Tensor,
     distill, syn_lr = state["images"], state["syn_lr"]
     optimizers = [state["opt_img"], state["opt_lr"]]
 
-    def step(it: int) -> float:
+    def step(it: int) -> Tensor:
         g = seed_iteration(seed, it)
         traj = trajs[int(torch.randint(len(trajs), (1,), generator=g))]
         t = int(torch.randint(*mtt.start_epoch_bounds(s, it), (1,), generator=g))
-        start, target = traj[t].to(dev), traj[t + s["expert_epochs"]].to(dev)
+        start, target = traj[t].to(dev, non_blocking=True), traj[t + s["expert_epochs"]].to(dev, non_blocking=True)
         x = torch.cat([distill, real]) if s["match_real"] else distill
         y = torch.cat([y_distill, y_real]) if s["match_real"] else y_distill
         batches = mtt.student_batches(x, y, s["syn_steps"], s["batch_syn"], s["dsa_strategy"] or None)
@@ -133,7 +133,7 @@ def _mtt_step(data: Any, s: dict[str, Any], state: dict[str, Any], real: Tensor,
         loss.backward()
         for opt in optimizers:
             opt.step()
-        return loss.item()
+        return loss.detach()
 
     return step
 
@@ -144,7 +144,7 @@ def _dm_step(data: Any, s: dict[str, Any], state: dict[str, Any], real: Tensor, 
     distill, opt, k = state["images"], state["opt_img"], data.num_classes
     strategy, fmt = s["dsa_strategy"], s["channels_last"]
 
-    def step(it: int) -> float:
+    def step(it: int) -> Tensor:
         g = seed_iteration(seed, it)
         fresh.renew()
         seeds = dm.class_seeds(g, k)
@@ -155,7 +155,7 @@ def _dm_step(data: Any, s: dict[str, Any], state: dict[str, Any], real: Tensor, 
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return loss.item()
+        return loss.detach()
 
     return step
 

@@ -103,24 +103,24 @@ def _recover(name: str, dataset: Any, ipc: int, *, seed: int, device: Any, budge
             return teacher
         if j not in nets:  # a function of (seed, j) only: recomputed the same way after a resume
             g = torch.Generator().manual_seed(seed * 1_000_003 + 999_983 + j)
-            idx = torch.randperm(len(data.x_train), generator=g)[:s["batch_real"]].to(dev)
+            idx = torch.randperm(len(data.x_train), generator=g)[:s["batch_real"]].to(dev, non_blocking=True)
             nets[j] = perturb_teacher(teacher, data.x_train[idx], data.y_train[idx], s["rho"], s["perturb_steps"])
         return nets[j]
 
     state: dict[str, Any] = {"images": images, "optimizer": opt}
 
-    def step(it: int) -> float:
+    def step(it: int) -> Tensor:
         g = seed_iteration(seed, it)
         for group in opt.param_groups:
             group["lr"] = s["lr_img"] * 0.5 * (1 + math.cos(math.pi * it / max(s["iterations"], 1)))
         opt.zero_grad(set_to_none=True)
-        total = 0.0
+        total = torch.zeros((), dtype=torch.float64, device=dev)  # summed on the device, as Python's float sum
         for j, idx in enumerate(batches):
             x = jitter_flip(images[idx], s["jitter"], s["flip"], g)
             loss_bn, logits = bn_matching_loss(net_for(j), x, s["var_weight"], s["first_multiplier"])
             loss = F.cross_entropy(logits, labels[idx]) + s["r_bn"] * loss_bn
             loss.backward()
-            total += loss.item()
+            total += loss.detach()
         opt.step()
         with torch.no_grad():
             images.copy_(torch.maximum(torch.minimum(images, high), low))
