@@ -102,14 +102,21 @@ def idc_pieces(pieces: list[str], draws: Draws) -> list[str]:
     return [p for p in IDC_ALWAYS if p in pieces] + drawn + (["cutout"] if "cutout" in pieces else [])
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A tensor drawn on the CPU, on `device` without a host sync (CUDA: pinned, non-blocking; values unchanged)."""
+    if device.type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
 def _uniform(n: int, g: Draws, x: torch.Tensor) -> torch.Tensor:
     """n uniform [0,1) draws (CPU, float32, from `g`), moved to x's device/dtype."""
-    return torch.rand(n, generator=g.next()).to(device=x.device, dtype=x.dtype)
+    return to_device(torch.rand(n, generator=g.next()), x.device).to(x.dtype)
 
 
 def _randint(low: int, high: int, n: int, g: Draws, x: torch.Tensor) -> torch.Tensor:
     """n integers in [low, high) (CPU draw from `g`), moved to x's device."""
-    return torch.randint(low, high, (n,), generator=g.next()).to(x.device)
+    return to_device(torch.randint(low, high, (n,), generator=g.next()), x.device)
 
 
 def _brightness(x: torch.Tensor, n: int, g: Draws, p: DSAParams) -> torch.Tensor:
@@ -298,7 +305,7 @@ def cutmix(
     _, _, H, W = x.shape
     beta_seed = int(torch.randint(2**62, (1,), generator=generator))
     lam = float(np.random.default_rng(beta_seed).beta(alpha, alpha))
-    perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
+    perm = to_device(torch.randperm(x.shape[0], generator=generator), x.device)
     cut_h, cut_w = int(H * math.sqrt(1.0 - lam)), int(W * math.sqrt(1.0 - lam))
     cy = int(torch.randint(H, (1,), generator=generator))
     cx = int(torch.randint(W, (1,), generator=generator))
