@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ddnb.settings import Bool, Choice, Int, require
+from ddnb.utils import to_device
 
 DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 DSA_PIECES = ("color", "crop", "cutout", "flip", "scale", "rotate")
@@ -100,13 +101,6 @@ def idc_pieces(pieces: list[str], draws: Draws) -> list[str]:
     rest = [p for p in pieces if p not in IDC_ALWAYS and p != "cutout"]
     drawn = [rest[int(torch.randint(len(rest), (1,), generator=draws.next()))]] if rest else []
     return [p for p in IDC_ALWAYS if p in pieces] + drawn + (["cutout"] if "cutout" in pieces else [])
-
-
-def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A tensor drawn on the CPU, on `device` without a host sync (CUDA: pinned, non-blocking; values unchanged)."""
-    if device.type == "cuda":
-        t = t.pin_memory()
-    return t.to(device, non_blocking=True)
 
 
 def _uniform(n: int, g: Draws, x: torch.Tensor) -> torch.Tensor:

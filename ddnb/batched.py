@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ddnb.precision import autocast, resolve_precision
 from ddnb.schedules import IDC_MILESTONES, make_optimizer
 from ddnb.train import RegimeLoss, teacher_in_eval, training_setup
-from ddnb.utils import resolve_device
+from ddnb.utils import resolve_device, to_device
 
 
 def batch_unsupported(model: nn.Module) -> str | None:
@@ -166,7 +166,7 @@ def _batched_epoch(model: nn.Module, params: dict[str, Tensor], opt: torch.optim
                    cutmix_prob: float, streams: list[_Stream], precision: str) -> list[float]:
     """One pass over x per model, each in its own random order; each model's mean loss (see run_epoch)."""
     n = x.shape[0]
-    perms = [torch.randperm(n, generator=s.gen).to(x.device, non_blocking=True) for s in streams]
+    perms = [to_device(torch.randperm(n, generator=s.gen), x.device) for s in streams]
     total = torch.zeros(len(streams), device=x.device)
     for i in range(0, n, batch_size):
         idx = [perm[i:i + batch_size] for perm in perms]

@@ -46,7 +46,7 @@ from torch import Tensor
 from ddnb.loaders import (DIGIT_CLASSES, FASHION_CLASSES, IDX_FILES, load_cifar10, load_cifar100, load_idx_folder,
                           load_svhn, load_tinyimagenet, missing_files, missing_idx)
 from ddnb.settings import Float, Seed, require
-from ddnb.utils import resolve_device
+from ddnb.utils import resolve_device, to_device
 
 FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
 DIGITS_TEST_FRACTION = 1 / 3
@@ -140,7 +140,7 @@ class Dataset:
                              f"(class {c} has {len(idx)} training images)")
         device = generator.device if generator is not None else torch.device("cpu")
         perm = torch.randperm(len(idx), generator=generator, device=device)[:n]
-        return self.x_train[idx[perm.to(idx.device, non_blocking=True)]]
+        return self.x_train[idx[to_device(perm, idx.device)]]
 
     def normalize(self, x01: Tensor) -> Tensor:
         """Map images with pixels in [0, 1] into this dataset's normalized pixel space."""

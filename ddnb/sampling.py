@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from ddnb.embedding import embed_images
 from ddnb.settings import Choice, Int, Spec, require
+from ddnb.utils import to_device
 
 KMEANS_BACKENDS = ("auto", "torch", "sklearn")
 KMEANS_INITS = ("random", "k-means++")
@@ -222,7 +223,7 @@ class RandomSampler:
         """Indices into dataset.x_train of the batch of class `cls` at `step` (seeded by seed, class, step)."""
         idx = self.dataset.class_indices()[cls]
         gen = torch.Generator().manual_seed(_mix_seed(self.seed, step, cls))
-        return idx[torch.randperm(len(idx), generator=gen)[:self.batch_size].to(idx.device, non_blocking=True)]
+        return idx[to_device(torch.randperm(len(idx), generator=gen)[:self.batch_size], idx.device)]
 
     def sample(self, cls: int, step: int) -> Tensor:
         """Real images of class `cls` for matching step `step`."""
@@ -282,7 +283,7 @@ class DreamSampler:
         if self.pool is None or self.pool >= len(idx):
             return idx
         gen = torch.Generator().manual_seed(_mix_seed(self.seed, cls, block, 1))
-        return idx[torch.randperm(len(idx), generator=gen)[:self.pool].to(idx.device, non_blocking=True)]
+        return idx[to_device(torch.randperm(len(idx), generator=gen)[:self.pool], idx.device)]
 
     def cluster_seed(self, cls: int, block: int) -> int:
         """The k-means seed of class `cls` at clustering block `block` (a function of the sampler seed)."""
@@ -313,7 +314,7 @@ class DreamSampler:
     def sample(self, cls: int, step: int) -> Tensor:
         """Real images of class `cls` for matching step `step`."""
         idx = self.select(cls, step)
-        return self.dataset.x_train[idx.to(self.dataset.x_train.device, non_blocking=True)]
+        return self.dataset.x_train[to_device(idx, self.dataset.x_train.device)]
 
     def state_dict(self) -> dict[str, Any]:
         """The current selection per class and the clustering block it belongs to (for exact resume)."""

@@ -28,7 +28,7 @@ from ddnb.data import require_dataset
 from ddnb.precision import autocast, resolve_precision
 from ddnb.schedules import IDC_MILESTONES, lr_schedule, make_optimizer
 from ddnb.synset import infer_label_kind, require_synset
-from ddnb.utils import resolve_device
+from ddnb.utils import resolve_device, to_device
 
 if TYPE_CHECKING:
     from ddnb.data import Dataset
@@ -233,7 +233,7 @@ def run_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, step: Reg
     """
     from ddnb.augment import cutmix, dsa
 
-    perm = (torch.randperm(x.shape[0], generator=gen) if order is None else order).to(x.device, non_blocking=True)
+    perm = to_device(torch.randperm(x.shape[0], generator=gen) if order is None else order, x.device)
     n = perm.numel()
     total = torch.zeros((), device=x.device)
     for i in range(0, n, batch_size):

@@ -61,6 +61,14 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+def to_device(t: torch.Tensor, device: str | torch.device) -> torch.Tensor:
+    """`t` on `device` without a host sync: a CPU tensor bound for CUDA goes pinned, non-blocking (values unchanged)."""
+    device = torch.device(device)
+    if device.type == "cuda" and t.device.type == "cpu":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch, and return a CPU generator seeded the same way."""
     require("seed", seed, Seed())

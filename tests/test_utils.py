@@ -96,3 +96,13 @@ def test_atomic_write_never_replaces_a_folder_or_a_pipe(tmp_path):
             utils.atomic_write_bytes(path, b"data")
     assert pipe.is_fifo() and (tmp_path / "folder").is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "pipe"]
+
+
+def test_to_device_keeps_values_and_is_a_no_op_move_on_the_cpu():
+    from ddnb.utils import to_device
+
+    t = torch.randperm(7, generator=torch.Generator().manual_seed(0))
+    moved = to_device(t, "cpu")
+    assert moved.device.type == "cpu" and torch.equal(moved, t)
+    if torch.cuda.is_available():  # pinned, non-blocking: the same values once the stream has run
+        assert torch.equal(to_device(t, "cuda").cpu(), t)

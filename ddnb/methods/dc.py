@@ -26,7 +26,7 @@ from ddnb.methods.loop import History, RunOptions, run_loop, seed_iteration
 from ddnb.models import get_model
 from ddnb.sampling import SAMPLER_SETTINGS, SAMPLER_SPEC, make_sampler
 from ddnb.settings import Choice, Float, Int, Positive, Strategy, Text
-from ddnb.utils import resolve_device
+from ddnb.utils import resolve_device, to_device
 
 # Reference get_loops (DatasetCondensation utils.py): ipc -> (outer_loop, inner_loop).
 REFERENCE_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
@@ -109,7 +109,7 @@ def train_on_synthetic(net: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y:
                        batch_size: int, strategy: str | None = None) -> None:
     """The inner loop: `epochs` passes of SGD on the (detached) synthetic set, shuffled by the global RNG."""
     for _ in range(epochs):
-        perm = torch.randperm(x.shape[0]).to(x.device, non_blocking=True)
+        perm = to_device(torch.randperm(x.shape[0]), x.device)
         for lo in range(0, x.shape[0], batch_size):
             idx = perm[lo:lo + batch_size]
             xb = dsa(x[idx], strategy) if strategy else x[idx]

@@ -43,7 +43,7 @@ from ddnb.methods.loop import History, RunOptions, run_loop, seed_iteration
 from ddnb.models import get_model
 from ddnb.settings import Choice, Float, Int, Positive, Strategy, Text
 from ddnb.train import protocol_record
-from ddnb.utils import resolve_device
+from ddnb.utils import resolve_device, to_device
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -290,7 +290,7 @@ def _trajectory_matching(name: str, dataset: Any, ipc: int, *, seed: int, device
         traj = trajs[int(torch.randint(len(trajs), (1,), generator=g))]
         low, high = start_epoch_bounds(s, it)
         t = int(torch.randint(low, high, (1,), generator=g))
-        start, target = traj[t].to(dev, non_blocking=True), traj[t + s["expert_epochs"]].to(dev, non_blocking=True)
+        start, target = to_device(traj[t], dev), to_device(traj[t + s["expert_epochs"]], dev)
         x = factor_decode(images, s["factor"], size) if s["factor"] > 1 else images
         y = factor_labels(labels, s["factor"]) if s["factor"] > 1 else labels
         batches = student_batches(x, y, s["syn_steps"], s["batch_syn"], strategy)

@@ -40,7 +40,7 @@ from ddnb.scores import BUDGETS as SCORE_BUDGETS
 from ddnb.scores import KINDS, class_ranking, compute_scores
 from ddnb.settings import Bool, Choice, Float, Int, Positive
 from ddnb.train import protocol_record
-from ddnb.utils import resolve_device
+from ddnb.utils import resolve_device, to_device
 
 # The official scripts' (alpha, beta) by IPC as a share of the class: CIFAR-10 (5,000 per class) IPC 250, 500,
 # 1000, 1500 (scripts/distill/CIFAR10.sh); Fashion-MNIST IPC 300 and 600 (5 %, 10 %) take the first two.
@@ -123,7 +123,7 @@ def _mtt_step(data: Any, s: dict[str, Any], state: dict[str, Any], real: Tensor,
         g = seed_iteration(seed, it)
         traj = trajs[int(torch.randint(len(trajs), (1,), generator=g))]
         t = int(torch.randint(*mtt.start_epoch_bounds(s, it), (1,), generator=g))
-        start, target = traj[t].to(dev, non_blocking=True), traj[t + s["expert_epochs"]].to(dev, non_blocking=True)
+        start, target = to_device(traj[t], dev), to_device(traj[t + s["expert_epochs"]], dev)
         x = torch.cat([distill, real]) if s["match_real"] else distill
         y = torch.cat([y_distill, y_real]) if s["match_real"] else y_distill
         batches = mtt.student_batches(x, y, s["syn_steps"], s["batch_syn"], s["dsa_strategy"] or None)

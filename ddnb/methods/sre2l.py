@@ -35,7 +35,7 @@ from ddnb.methods.base import build_synset, in_loop_eval, init_synthetic, pixel_
 from ddnb.methods.loop import History, RunOptions, run_loop, seed_iteration
 from ddnb.settings import Bool, Choice, Float, Int, Positive, Text
 from ddnb.teachers import TEACHERS, get_teacher
-from ddnb.utils import resolve_device
+from ddnb.utils import resolve_device, to_device
 
 _SRE2L = dict(teacher="convnet3_bn", teacher_epochs=None, teacher_pool=None, lr_img=0.1, r_bn=0.01,
               first_multiplier=10.0, var_weight=1.0, jitter=2, flip=True, init="noise", rho=0.0, perturb_steps=1,
@@ -103,7 +103,7 @@ def _recover(name: str, dataset: Any, ipc: int, *, seed: int, device: Any, budge
             return teacher
         if j not in nets:  # a function of (seed, j) only: recomputed the same way after a resume
             g = torch.Generator().manual_seed(seed * 1_000_003 + 999_983 + j)
-            idx = torch.randperm(len(data.x_train), generator=g)[:s["batch_real"]].to(dev, non_blocking=True)
+            idx = to_device(torch.randperm(len(data.x_train), generator=g)[:s["batch_real"]], dev)
             nets[j] = perturb_teacher(teacher, data.x_train[idx], data.y_train[idx], s["rho"], s["perturb_steps"])
         return nets[j]
 
