@@ -7,10 +7,12 @@ Prints the CPU, its native-bf16 flags, torch's CPU capability and the path `prec
 (a) a ConvNet-3 embed of 256 Fashion-MNIST-sized images (1x28x28), fp32 as DM runs it (channels_last) vs
 bf16 autocast as DM runs it (contiguous), and the relative error of the mean feature; (b) seconds per DM
 iteration at the `cpu` budget in fp32 and in bf16 (the median of `--time-iters` iterations after the first);
-(c) the same DM distillation (`cpu` budget, `--iters` iterations, IPC `--ipc`, seed 0) with the real pass
-in fp32 and in bf16, each set evaluated over `--seeds` seeds (protocol "dc" with DSA, `--eval-epochs`
-epochs, fp32 training), plus the fp32 set (the same one) evaluated with bf16 training: mean ± std and whether each
-difference from the fp32 row lies inside the spread (`ddnb.runs.compare_means`: "within noise").
+(c) the same DM distillations (`cpu` budget, `--iters` iterations, IPC `--ipc`, distillation seeds
+0..`--distill-seeds`-1) with the real pass in fp32 and in bf16, each set evaluated over `--seeds` seeds (protocol
+"dc" with DSA, `--eval-epochs` epochs, fp32 training), plus the fp32 sets evaluated with bf16 training: per row
+the mean ± std over the sets of each set's mean, and whether each difference from the fp32 row lies inside the
+spread over distillation seeds (`ddnb.runs.compare_means`: "within noise"; long DSA evaluations of one set
+agree to 0.01-0.02 points, so the evaluation seeds' spread says nothing about the precision).
 Everything goes to the JSON at `--out` as well.
 """
 from __future__ import annotations
@@ -82,26 +84,34 @@ def dm_iteration(data: Any, ipc: int, precision: str, iters: int) -> float:
     return statistics.median(hist.seconds[1:])
 
 
-def distilled(data: Any, args: argparse.Namespace, real: str) -> tuple[Any, float]:
-    """(c): the DM set with its real pass in `real`, and the seconds its distillation took."""
+def distilled(data: Any, args: argparse.Namespace, real: str, seed: int) -> tuple[Any, float]:
+    """(c): the DM set of distillation seed `seed` with its real pass in `real`, and its distillation seconds."""
     import ddnb
 
     start = time.perf_counter()
-    syn, _ = ddnb.distill("dm", data, args.ipc, budget="cpu", seed=0, device="cpu", progress=False,
+    syn, _ = ddnb.distill("dm", data, args.ipc, budget="cpu", seed=seed, device="cpu", progress=False,
                           iterations=args.iters, precision=real, batch_real=batch_real(data))
     return syn, time.perf_counter() - start
 
 
-def accuracy_row(data: Any, args: argparse.Namespace, sets: dict[str, tuple[Any, float]], real: str,
+def accuracy_row(data: Any, args: argparse.Namespace, sets: dict[tuple[str, int], tuple[Any, float]], real: str,
                  train: str) -> dict[str, Any]:
-    """(c): the set distilled with its real pass in `real` (sets[real]), evaluated with training in `train`."""
+    """(c): every distillation seed's set with its real pass in `real`, evaluated with training in `train`;
+    `per_set` holds each set's mean over the evaluation seeds (the spread the comparison uses)."""
     from ddnb.train import evaluate_synset
 
-    syn, distill_s = sets[real]
-    res = evaluate_synset(syn, data, seeds=args.seeds, epochs=args.eval_epochs, dsa=True, protocol="dc",
-                          device="cpu", progress=False, precision=train)
-    return {"real_pass": real, "eval_training": train, "distill_s": distill_s, "eval_s": res.seconds,
-            "mean": res.mean, "std": res.std, "per_seed": res.per_seed, "eval_path": res.path}
+    runs = []
+    for seed in range(args.distill_seeds):
+        syn, distill_s = sets[real, seed]
+        res = evaluate_synset(syn, data, seeds=args.seeds, epochs=args.eval_epochs, dsa=True, protocol="dc",
+                              device="cpu", progress=False, precision=train)
+        runs.append({"distill_seed": seed, "distill_s": distill_s, "eval_s": res.seconds, "mean": res.mean,
+                     "std": res.std, "per_seed": res.per_seed, "eval_path": res.path})
+    per_set = [r["mean"] for r in runs]
+    return {"real_pass": real, "eval_training": train, "per_set": per_set, "mean": statistics.mean(per_set),
+            "std_over_sets": statistics.pstdev(per_set), "eval_std": statistics.mean(r["std"] for r in runs),
+            "distill_s": statistics.mean(r["distill_s"] for r in runs),
+            "eval_s": statistics.mean(r["eval_s"] for r in runs), "runs": runs}
 
 
 def main() -> None:
@@ -111,7 +121,8 @@ def main() -> None:
     parser.add_argument("--ipc", type=int, default=10)
     parser.add_argument("--iters", type=int, default=500, help="DM iterations of each distillation in (c)")
     parser.add_argument("--eval-epochs", type=int, default=300)
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=3, help="evaluation seeds per set")
+    parser.add_argument("--distill-seeds", type=int, default=2, help="distillation seeds per precision")
     parser.add_argument("--time-iters", type=int, default=3, help="DM iterations timed in (b)")
     parser.add_argument("--reps", type=int, default=5, help="timed forwards in (a)")
     parser.add_argument("--out", required=True, help="JSON file for every figure printed")
@@ -136,19 +147,23 @@ def main() -> None:
     print(f"(b) DM iteration, {data.name} IPC {args.ipc}, cpu budget, {batch_real(data)} real/class: "
           f"fp32 {t32:.3f} s, bf16 {t16:.3f} s, "
           f"ratio {t32 / t16:.2f}x")
-    sets = {real: distilled(data, args, real) for real in ("fp32", "bf16")}
+    sets = {(real, seed): distilled(data, args, real, seed) for real in ("fp32", "bf16")
+            for seed in range(args.distill_seeds)}
     rows = [accuracy_row(data, args, sets, real, train) for real, train in (("fp32", "fp32"), ("bf16", "fp32"),
                                                                             ("fp32", "bf16"))]
-    print(f"(c) DM {args.iters} iterations, {data.name} IPC {args.ipc}, seed 0; evaluation protocol dc + DSA, "
-          f"{args.eval_epochs} epochs, {args.seeds} seeds")
-    print("    real pass | eval training | accuracy (%)  | vs fp32/fp32 (gap, spread)   | distill s | eval s")
+    print(f"(c) DM {args.iters} iterations, {data.name} IPC {args.ipc}, distillation seeds 0..{args.distill_seeds - 1}"
+          f"; evaluation protocol dc + DSA, {args.eval_epochs} epochs, {args.seeds} seeds per set")
+    print("    real pass | eval training | accuracy (%): mean ± std over sets | eval std | vs fp32/fp32 (gap, spread)"
+          " | distill s | eval s")
     for row in rows:
-        cmp = compare_means(row["per_seed"], rows[0]["per_seed"], names=("this", "fp32"))
+        cmp = compare_means(row["per_set"], rows[0]["per_set"], names=("this", "fp32"))
         row["vs_fp32"] = cmp
         row["inside_spread"] = cmp["verdict"] == "within noise" if row is not rows[0] else None
         verdict = "-" if row is rows[0] else f"{cmp['verdict']} ({cmp['gap']:+.2f}, {cmp['spread'] or 0:.2f})"
-        print(f"    {row['real_pass']:9s} | {row['eval_training']:13s} | {row['mean']:6.2f} ± {row['std']:4.2f} | "
-              f"{verdict:28s} | {row['distill_s']:9.1f} | {row['eval_s']:6.1f}")
+        per_set = ", ".join(f"{m:.2f}" for m in row["per_set"])
+        print(f"    {row['real_pass']:9s} | {row['eval_training']:13s} | {row['mean']:6.2f} ± "
+              f"{row['std_over_sets']:4.2f} ({per_set}) | {row['eval_std']:4.2f} | {verdict:28s} | "
+              f"{row['distill_s']:9.1f} | {row['eval_s']:6.1f}")
     atomic_save_json(args.out, {"machine": machine, "args": vars(args), "forward": fwd,
                                 "batch_real": batch_real(data),
                                 "dm_iteration": {"fp32_s": t32, "bf16_s": t16, "speedup": t32 / t16},
