@@ -209,11 +209,10 @@ def main() -> None:
     args = p.parse_args()
     if args.worker:
         return worker(args)
+    from bench_eval import cpu_model
     from ddnb.precision import describe, resolve_precision
 
-    cpu_model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("model name")), "unknown") if Path("/proc/cpuinfo").exists() else "unknown"
-    print(f"CPU {cpu_model}; {describe(torch.device('cpu'))}; ddnb path: real-image pass "
+    print(f"CPU {cpu_model()}; {describe(torch.device('cpu'))}; ddnb path: real-image pass "
           f"{resolve_precision(args.precision, torch.device('cpu'))} (--precision {args.precision})")
     print(f"{args.method} on {args.dataset}, ConvNet-3 width 128, IPC {args.ipc}, {args.batch_real} real/class, "
           f"DSA, CPU threads {torch.get_num_threads()}, median of {args.iters} iterations, "
