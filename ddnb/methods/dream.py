@@ -76,7 +76,7 @@ _SCALE: dict[str, dict[str, Any]] = {
     # before the 1/std**2 correction: at IDC's lr, 20 steps changed Fashion-MNIST images by 0.05 %);
     # Tab. 5's N = 32 sub-clusters, clustered in a random pool of 1,024 images per class (32 per
     # sub-cluster, near the paper's 6,000 / 128 = 47); IDC's evaluation at 300 epochs instead of 1,000, and
-    # in-loop evaluations (accuracy curves) at 50 epochs: an idc evaluation of 300 epochs takes about 5 minutes here.
+    # in-loop evaluations (accuracy curves) at 50 epochs: a 300-epoch idc evaluation is estimated at 5 minutes here.
     "cpu": dict(iterations=8, inner_loops=4, batch_real=32, interval=4, pool=1024, kmeans_iters=50,
                 net_data=128, eval_epochs=300, curve_epochs=50, lr_img_factor=2.5),
     "paper": dict(iterations=1200, inner_loops=100),
