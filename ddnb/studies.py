@@ -46,16 +46,18 @@ NB03: dict[str, dict[str, Any]] = {
 per class of the sampler trace (002 Fig. 2b, 1a/5, 8)."""
 
 NB04: dict[str, dict[str, Any]] = {
-    "smoke": dict(ipc=8, seeds=2, oracle_betas=[0.5], oracle_seeds=1, curricula=[1, 2, 3, 4], classes=3, tab1_ipcs=1),
+    "smoke": dict(ipc=8, seeds=2, oracle_betas=[0.5], oracle_seeds=1, curricula=[1, 2, 3, 4], classes=3, tab1_ipcs=1,
+                  test_per_class=10),
     # sized to finish in about 60 minutes on 2 CPU cores with Fashion-MNIST (IPC 10 and 20)
     "cpu": dict(ipc=10, seeds=3, oracle_betas=[0.0, 0.3, 0.6, 0.9], oracle_seeds=1, curricula=[1, 2, 3, 4], classes=3,
-                tab1_ipcs=2),
+                tab1_ipcs=2, test_per_class=300),
     "paper": dict(ipc=300, seeds=3, oracle_betas=[round(0.1 * i, 1) for i in range(10)], oracle_seeds=2,
-                  curricula=[1, 2, 3, 4], classes=3, tab1_ipcs=2),
+                  curricula=[1, 2, 3, 4], classes=3, tab1_ipcs=2, test_per_class=None),
 }
 """Notebook 04 (CCFS): the lower IPC (the higher is twice it; paper: 5 % and 10 % of Fashion-MNIST, IPC 300
 and 600), run seeds per configuration, the oracle window's betas and validation seeds (Tab. 1), the curricula
-compared (Tab. 5), classes shown in Fig. 4c, how many of the two IPCs Tab. 1 covers (smoke: the lower only).
+compared (Tab. 5), classes shown in Fig. 4c, how many of the two IPCs Tab. 1 covers (smoke: the lower only), the
+test images per class every accuracy is measured on (a seeded stratified subset; None: the whole test set).
 Filter and evaluation epochs are the ccfs budget's `epochs`."""
 
 _NB05_COMMON = dict(teacher="convnet3_bn", oracle_seeds=1, val_fraction=0.05, flat_tol=1.0, modest_below=0.6,

@@ -195,3 +195,35 @@ def test_base_iterations_replace_the_base_budgets_count(tmp_path, monkeypatch):
     assert torch.equal(start.images, direct.images)
     default = ccfs.distilled_start(data, {**s, "base_iterations": None}, 2, 0, "cpu")
     assert not torch.equal(default.images, direct.images)  # the smoke budget's own 20 iterations, another cache entry
+
+
+def test_teacher_correct_is_cached_for_a_trained_teacher_and_filters_key_the_test_split(tmp_path, monkeypatch):
+    from ddnb.analysis_labels import test_subset
+    from ddnb.methods import ccfs_phases
+
+    monkeypatch.setenv("DDNB_CACHE", str(tmp_path))
+    data = ddnb.load_dataset("digits")
+    s = ccfs.BUDGETS["smoke"]
+    ctx = ccfs.context(data, s, 0, "cpu")
+    ok = ccfs_phases.teacher_correct(ctx)
+    pred = ctx.teacher(data.x_train[ctx.universe]).argmax(1)  # by hand: the teacher's argmax on the candidates
+    outside = torch.ones(len(ok), dtype=torch.bool)
+    outside[ctx.universe] = False
+    assert torch.equal(ok[ctx.universe], pred == data.y_train[ctx.universe]) and not ok[outside].any()
+    assert len(list((tmp_path / "ccfs" / "teacher_correct").iterdir())) == 1
+
+    def no_forward(*args):
+        raise AssertionError("the cached teacher_correct was recomputed")
+
+    monkeypatch.setattr(ccfs_phases, "universe_logits", no_forward)
+    assert torch.equal(ccfs_phases.teacher_correct(ccfs.context(data, s, 1, "cpu")), ok)  # another run: the cache
+    given = ccfs.context(data, s, 0, "cpu", teacher_model=ctx.teacher)  # a given teacher is never cached
+    with pytest.raises(AssertionError, match="recomputed"):
+        ccfs_phases.teacher_correct(given)
+    monkeypatch.undo()
+    monkeypatch.setenv("DDNB_CACHE", str(tmp_path))
+    x0, y0 = data.x_train[:20], data.y_train[:20]
+    ccfs_phases.filter_outputs(ctx, x0, y0, 1)
+    small = ccfs.context(test_subset(data, 5, 0), s, 0, "cpu")
+    ccfs_phases.filter_outputs(small, x0, y0, 1)  # the same filter tested on another split: its own cache entry
+    assert len(list((tmp_path / "ccfs" / "filters").iterdir())) == 2

@@ -91,10 +91,11 @@ def test_bad_values_raise_one_clear_line(digits):
         evaluate_synset(synset, digits, seeds=1, epochs=1, progress=False, precision=True)
 
 
-def test_dm_and_dance_declare_precision_fp32_in_every_budget():
+def test_dm_and_dance_declare_precision_auto_in_every_budget():
+    # auto since bf16's accuracy was measured within the spread (results/benchmarks/bf16-fashion_mnist.json)
     for name in ("dm", "dance"):
         method = get_method(name)
-        assert {b: s["precision"] for b, s in method.budgets.items()} == dict.fromkeys(method.budgets, "fp32")
+        assert {b: s["precision"] for b, s in method.budgets.items()} == dict.fromkeys(method.budgets, "auto")
 
 
 def test_bf16_real_means_and_dm_loss_close_to_an_fp32_reference_loop(digits):

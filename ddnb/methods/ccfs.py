@@ -129,14 +129,19 @@ def context(dataset: Any, settings: dict[str, Any], seed: int, device: Any, fit_
     """Everything a run's phases share: scores (ranking key and raw values per training image), the teacher
     (given, else the cached one when the protocol or teacher_correct needs it); fit_filter(x, y, phase)
     replaces the cached filter training (a stub in tests)."""
+    from ddnb.experts import data_fingerprint
+
     dev = resolve_device(device)
     sc = scores if scores is not None else pre_scores(dataset, settings, dev)
     n = len(dataset.x_train)
     key, raw = torch.full((n,), float("nan"), dtype=torch.float64), torch.full((n,), float("nan"), dtype=torch.float64)
     key[sc.indices], raw[sc.indices] = sc.difficulty().double(), sc.values.double()
     needs = settings["protocol"] == "sl+kd" or settings["teacher_correct"]
-    model = teacher_model if teacher_model is not None or not needs else teacher(dataset, settings, dev)
-    return PhaseContext(dataset, settings, seed, dev, sc, sc.indices.cpu(), key, raw, model, fit_filter)
+    built = teacher_model is None and needs
+    model = teacher(dataset, settings, dev) if built else teacher_model
+    teacher_key = digest(json.dumps({"data": data_fingerprint(dataset), **teacher_config(settings)},
+                                    sort_keys=True)) if built else None
+    return PhaseContext(dataset, settings, seed, dev, sc, sc.indices.cpu(), key, raw, model, fit_filter, teacher_key)
 
 
 def base_overrides(settings: dict[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from ddnb.methods.loop import iteration_seed, seed_iteration
 
 FILE_KIND = "ddnb.CCFSFilter"
+CORRECT_KIND = "ddnb.CCFSTeacherCorrect"
 FitFilter = Callable[[Tensor, Tensor, int], nn.Module]
 
 
@@ -74,6 +75,7 @@ class PhaseContext:
     raw: Tensor
     teacher: nn.Module | None
     fit_filter: FitFilter | None
+    teacher_key: str | None = None  # what the teacher was trained from (its cache entry); None: given, not cached
 
 
 def run_phase(ctx: PhaseContext, j: int, k: int, x_s: Tensor, y_s: Tensor, taken: Tensor,
@@ -122,33 +124,52 @@ def curriculum(ctx: PhaseContext, x0: Tensor, y0: Tensor, taken0: Tensor, ks: li
     return torch.cat(selected), records
 
 
-def module_outputs(model: nn.Module, dataset: Any, universe: Tensor) -> tuple[Tensor, float]:
-    """A filter's logits on the training images `universe` (CPU) and its test accuracy (%)."""
+def universe_logits(model: nn.Module, dataset: Any, universe: Tensor) -> Tensor:
+    """A model's logits on the training images `universe` (float32, CPU)."""
     from ddnb.score_kinds import logits_of
 
     dev = next(model.parameters()).device
-    logits = logits_of(model, dataset.x_train[universe.to(dataset.x_train.device)].to(dev)).float().cpu()
-    test = logits_of(model, dataset.x_test.to(dev)).argmax(1).cpu()
-    return logits, 100.0 * float((test == dataset.y_test.cpu()).double().mean())
+    return logits_of(model, dataset.x_train[universe.to(dataset.x_train.device)].to(dev)).float().cpu()
+
+
+def test_accuracy(model: nn.Module, dataset: Any) -> float:
+    """A model's accuracy (%) on the dataset's test split (a notebook may have cut it to a subset)."""
+    from ddnb.score_kinds import logits_of
+
+    test = logits_of(model, dataset.x_test.to(next(model.parameters()).device)).argmax(1).cpu()
+    return 100.0 * float((test == dataset.y_test.cpu()).double().mean())
 
 
 def teacher_correct(ctx: PhaseContext) -> Tensor:
-    """Per training image: whether the teacher classifies it correctly (universe images only; others False)."""
-    logits, _ = module_outputs(ctx.teacher, ctx.dataset, ctx.universe)
+    """Per training image: whether the teacher classifies it correctly (universe images only; others False).
+    Cached on disk for a teacher trained from settings (every run of a notebook shares it); a given one is not."""
+    from ddnb.synset import load_tensor_file, save_tensor_file
+
+    config = {"teacher": ctx.teacher_key, "universe": digest(ctx.universe)}
+    path = cache_dir("teacher_correct") / f"{ctx.dataset.name}_{digest(json.dumps(config, sort_keys=True))}.safetensors"
+    if ctx.teacher_key is not None and path.is_file():
+        tensors, meta = load_tensor_file(path, CORRECT_KIND)
+        if meta.get("config") == config:
+            return tensors["correct"]
     y = ctx.dataset.y_train.cpu()
     ok = torch.zeros(len(y), dtype=torch.bool)
-    ok[ctx.universe] = logits.argmax(1) == y[ctx.universe]
+    ok[ctx.universe] = universe_logits(ctx.teacher, ctx.dataset, ctx.universe).argmax(1) == y[ctx.universe]
+    if ctx.teacher_key is not None:
+        save_tensor_file(path, {"correct": ok}, {"config": config}, CORRECT_KIND)
     return ok
 
 
 def filter_outputs(ctx: PhaseContext, x_s: Tensor, y_s: Tensor, phase: int) -> tuple[Tensor, float, float]:
     """(logits on the universe, test accuracy, final training loss) of phase `phase`'s filter, cached on disk."""
     if ctx.fit_filter is not None:
-        return (*module_outputs(ctx.fit_filter(x_s, y_s, phase), ctx.dataset, ctx.universe), float("nan"))
+        model = ctx.fit_filter(x_s, y_s, phase)
+        return universe_logits(model, ctx.dataset, ctx.universe), test_accuracy(model, ctx.dataset), float("nan")
+    from ddnb.evalcache import tensor_digest
     from ddnb.synset import load_tensor_file, save_tensor_file
 
     s = ctx.settings
     config = {"set": digest(x_s, y_s), "universe": digest(ctx.universe), "seed": iteration_seed(ctx.seed, phase),
+              "test": tensor_digest(ctx.dataset.x_test, ctx.dataset.y_test)[:20],
               "teacher": teacher_config(s) if s["protocol"] == "sl+kd" else None,
               **{k: s[k] for k in ("protocol", "arch", "epochs")}}
     path = cache_dir("filters") / f"{ctx.dataset.name}_{digest(json.dumps(config, sort_keys=True))}.safetensors"
@@ -157,7 +178,7 @@ def filter_outputs(ctx: PhaseContext, x_s: Tensor, y_s: Tensor, phase: int) -> t
         if meta.get("config") == config:
             return tensors["logits"], meta["test_acc"], meta["loss"]
     model, loss = _train_filter(ctx, x_s, y_s, config["seed"])
-    logits, test_acc = module_outputs(model, ctx.dataset, ctx.universe)
+    logits, test_acc = universe_logits(model, ctx.dataset, ctx.universe), test_accuracy(model, ctx.dataset)
     save_tensor_file(path, {"logits": logits}, {"config": config, "test_acc": test_acc, "loss": loss}, FILE_KIND)
     return logits, test_acc, loss
 
@@ -181,7 +202,8 @@ def _train_filter(ctx: PhaseContext, x_s: Tensor, y_s: Tensor, seed: int) -> tup
 
 
 def cache_dir(what: str) -> Path:
-    """Where CCFS caches `what` (filters, distilled): $DDNB_CACHE/ccfs/<what>, else ~/.cache/ddnb/ccfs/<what>."""
+    """Where CCFS caches `what` (filters, distilled, teacher_correct): $DDNB_CACHE/ccfs/<what>, else
+    ~/.cache/ddnb/ccfs/<what>."""
     root = os.environ.get("DDNB_CACHE")
     return (Path(root) if root else Path.home() / ".cache" / "ddnb") / "ccfs" / what
 

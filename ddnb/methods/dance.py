@@ -34,7 +34,8 @@ carry the "idc" evaluation protocol (were evaluated with DC's protocol and DSA);
 hook moved to `ddnb.methods.base` (shared with the IDC family).
 
 `pltda=False` (Tab. 5 ablation) matches under a fresh random network each iteration, as DM;
-`precision` ("fp32"; "bf16" or "auto") runs the real-image embed under bf16 autocast, as DM's (ddnb.methods.dm);
+`precision` ("auto": bf16 where native; or "bf16", "fp32") runs the real-image embed under bf16 autocast, as
+DM's (ddnb.methods.dm);
 `iter_calib=0` turns calibration off; `factor=1` turns factoring off; `dsa_strategy=None` turns
 augmentation off.
 """
@@ -64,7 +65,7 @@ _EXPERTS = dict(expert_lr=0.01, expert_momentum=0.9, expert_weight_decay=5e-4, e
                 expert_images_per_class=None)
 _COMMON = dict(arch="convnet3", lr_img_per_ipc=0.01, momentum=0.5, dsa_strategy="idc:color_crop_cutout",
                init="real", factor=2, batch_syn_max=200, pltda=True, iter_calib=1, calib_interval=1, clip=True,
-               channels_last=True, compile=False, real_chunk=1280, eval_seeds=1, eval_protocol="idc", precision="fp32",
+               channels_last=True, compile=False, real_chunk=1280, eval_seeds=1, eval_protocol="idc", precision="auto",
                **_EXPERTS)
 BUDGETS = {
     "smoke": {**_COMMON, "iterations": 10, "batch_real": 16, "n_experts": 2, "expert_epochs": 1, "eval_epochs": 4},

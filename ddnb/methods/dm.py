@@ -11,10 +11,11 @@ real features run under inference mode (no autograd graph) in chunks of whole cl
 synthetic images of all classes go through ONE forward pass (the ConvNet normalizes per sample,
 so batching classes changes nothing); inputs are channels_last; the per-iteration network is
 copied into one persistent module (`ReinitNet`), so a compiled embed (setting `compile`) is never
-recompiled. `dsa_strategy=None` turns augmentation off. Setting `precision` ("fp32" by default; "bf16", or
-"auto" = bf16 where the hardware has it natively, see ddnb.precision) runs the real-image embed under bf16
-autocast; the synthetic forward/backward stays fp32. Under bf16 the network and inputs use the contiguous
-layout whatever `channels_last` says: oneDNN's bf16 GroupNorm on channels_last made a Fashion-MNIST `cpu`
+recompiled. `dsa_strategy=None` turns augmentation off. Setting `precision` ("auto" by default = bf16 where the
+hardware has it natively, else fp32, see ddnb.precision; or "bf16", "fp32") runs the real-image embed under bf16
+autocast (results/benchmarks/bf16-fashion_mnist.json: accuracy within the spread over seeds); the synthetic
+forward/backward stays fp32. Under bf16 the network and inputs use the contiguous layout whatever
+`channels_last` says: oneDNN's bf16 GroupNorm on channels_last made a Fashion-MNIST `cpu`
 iteration 1.25x slower than fp32, contiguous 1.35x faster (one thread, AVX512-BF16).
 
 Three settings reproduce the reference's DSA for issue 11's ablation (`benchmarks/ablate_dm.py`); their
@@ -45,7 +46,7 @@ from ddnb.utils import resolve_device
 log = logging.getLogger(__name__)
 
 _COMMON = dict(arch="convnet3", lr_img=1.0, momentum=0.5, dsa_strategy=DSA_STRATEGY, init="real",
-               factor=1, channels_last=True, compile=False, real_chunk=256, eval_seeds=1, precision="fp32",
+               factor=1, channels_last=True, compile=False, real_chunk=256, eval_seeds=1, precision="auto",
                dsa_draws="independent", dsa_align_corners=True, class_seeds="per_class", **SAMPLER_SETTINGS)
 SPEC = dict(arch=Text(), lr_img=Positive(), momentum=Float(0, 1, high_open=True), dsa_strategy=Strategy(),
             init=Choice("real", "noise"), factor=Int(1), channels_last=Bool(), compile=Bool(), real_chunk=Int(1),
