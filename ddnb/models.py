@@ -62,11 +62,25 @@ def activation_layer(act: str) -> nn.Module:
     return nn.Sigmoid()
 
 
+class AvgPool2x2(nn.Module):
+    """nn.AvgPool2d(2, 2), computed without autograd on contiguous (NCHW) input as a depthwise 2x2 convolution with
+    weights 1/4: the same numbers, and on CPU oneDNN's convolution is faster there than ATen's average pooling
+    (DM's real-image pass, test-set passes). With autograd or on channels_last input, where the convolution is
+    slower (bf16 backward above all), torch's pooling (benchmarks/bench_pool.py). No parameters: state dicts are
+    unchanged."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (torch.is_grad_enabled() and x.requires_grad) or not x.is_contiguous():
+            return F.avg_pool2d(x, 2, 2)
+        c = x.shape[1]  # under autocast conv2d casts the weight with the input (1/4 is exact in bf16)
+        return F.conv2d(x, torch.full((c, 1, 2, 2), 0.25, dtype=x.dtype, device=x.device), stride=2, groups=c)
+
+
 def pooling_layer(pool: str) -> nn.Module:
     """The 2x2, stride-2 pooling of the DD reference code, or Identity for "none"."""
     _check_choice("pool", pool, POOLINGS)
     if pool == "avgpool":
-        return nn.AvgPool2d(kernel_size=2, stride=2)
+        return AvgPool2x2()
     if pool == "maxpool":
         return nn.MaxPool2d(kernel_size=2, stride=2)
     return nn.Identity()

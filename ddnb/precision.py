@@ -17,6 +17,7 @@ from typing import ContextManager
 import torch
 
 from ddnb.settings import Choice, require
+from ddnb.speedups import speedups_on
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +48,20 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """"bf16" or "fp32" for a setting on `device`: "auto" is bf16 where native, else fp32 (logged once)."""
+    """"bf16" or "fp32" for a setting on `device`: "auto" is bf16 where native (unless DDNB_SPEEDUPS=off), else
+    fp32 (logged once)."""
     require("precision", precision, Choice(*PRECISIONS))
     if precision != "auto":
         return precision
-    if native_bf16(device):
+    if native_bf16(device) and speedups_on():
         return "bf16"
     if device.type not in _told:
         _told.add(device.type)
-        why = f"no {' / '.join(NATIVE_CPU_FLAGS)} flag" if device.type == "cpu" else "no native bf16"
-        log.warning("precision 'auto': the %s has %s, so fp32 is used", device.type, why)
+        if native_bf16(device):
+            why = "DDNB_SPEEDUPS=off"
+        else:
+            why = f"no {' / '.join(NATIVE_CPU_FLAGS)} flag" if device.type == "cpu" else "no native bf16"
+        log.warning("precision 'auto' means fp32 on %s: %s", device.type, why)
     return "fp32"
 
 

@@ -22,6 +22,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from ddnb.speedups import speedups_on
 from ddnb.utils import TEMP_RE, atomic_save_json, check_writable
 
 RESULTS_NAME = "results.json"
@@ -78,13 +79,15 @@ def compare_means(a: Iterable[float], b: Iterable[float], *, spread: str = "std"
 
 
 def versions() -> dict[str, str | None]:
-    """Versions of Python and the libraries a result depends on (for provenance)."""
+    """Versions of Python and the libraries a result depends on (for provenance), and whether issue 12's
+    speedups were on (ddnb.speedups)."""
     out: dict[str, str | None] = {"python": platform.python_version()}
     for pkg in ("torch", "ddnb", "numpy"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             out[pkg] = None
+    out["speedups"] = "on" if speedups_on() else "off"
     return out
 
 

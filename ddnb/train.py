@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from ddnb.data import require_dataset
 from ddnb.precision import autocast, resolve_precision
 from ddnb.schedules import IDC_MILESTONES, lr_schedule, make_optimizer
+from ddnb.speedups import speedups_on
 from ddnb.synset import infer_label_kind, require_synset
 from ddnb.utils import resolve_device, to_device
 
@@ -364,7 +365,8 @@ def evaluate_synset(
     "hl" a soft-label set trains on the argmax class. std is the population std over seeds (numpy, ddof=0).
     batched None: with several seeds, train all models together in one stacked step per batch
     (ddnb.batched.train_models, the same per-seed result up to float rounding) where the architecture
-    allows it (no BatchNorm), else one after another (logged); True / False force either. The
+    allows it (no BatchNorm) and DDNB_SPEEDUPS is not "off" (ddnb.speedups), else one after another (logged);
+    True / False force either. The
     result's `path` says which ran. precision: "fp32", "bf16" or "auto" (bf16 where native, ddnb.precision)
     for training's forward and loss (testing stays fp32); the result's `precision` says which ran.
     curve_epochs: epochs (1..epochs) after which every model is also tested, within the same training (the
@@ -397,7 +399,7 @@ def evaluate_synset(
     reason = batch_unsupported(models[0])
     if batched and reason is not None:
         raise ValueError(f"batched=True, but {arch} cannot train batched: {reason}; pass batched=False")
-    use_batched = batched is True or (batched is None and reason is None and len(seed_list) > 1)
+    use_batched = batched is True or (batched is None and reason is None and len(seed_list) > 1 and speedups_on())
     if batched is None and reason is not None and len(seed_list) > 1:
         log.info("evaluate_synset: %s trains its %d seeds one after another: %s", arch, len(seed_list), reason)
     curve: dict[int, list[float]] = {e: [] for e in points}

@@ -110,3 +110,26 @@ def test_channels_last_input() -> None:
 def test_bad_input_is_named(call, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_avgpool_as_depthwise_conv_equals_torch_avg_pool_forward_and_backward(layout) -> None:
+    from torch.func import functional_call, stack_module_state, vmap
+
+    from ddnb.models import AvgPool2x2
+
+    x = torch.randn(4, 6, 9, 7, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_(True)
+    ours, = torch.autograd.grad((AvgPool2x2()(x) ** 2).sum(), x)  # odd sizes: floor, as nn.AvgPool2d
+    ref, = torch.autograd.grad((F.avg_pool2d(x, 2, 2) ** 2).sum(), x)
+    with torch.inference_mode():  # without autograd (the convolution on contiguous input)
+        assert torch.allclose(AvgPool2x2()(x), F.avg_pool2d(x, 2, 2), atol=1e-12)
+    assert torch.allclose(ours, ref, atol=1e-12)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # contiguous: a bf16 convolution
+        y = AvgPool2x2()(x.float())
+    assert torch.allclose(y.float(), F.avg_pool2d(x.float().bfloat16().float(), 2, 2), atol=1e-2)
+    nets = [get_model("convnet3", 1, 10, 28, width=8) for _ in range(3)]  # the batched-training path: vmap
+    params, buffers = stack_module_state(nets)
+    xb = torch.randn(3, 2, 1, 28, 28)
+    out = vmap(lambda p, b, xi: functional_call(nets[0], (p, b), (xi,)))(params, buffers, xb)
+    assert torch.allclose(out, torch.stack([n(xi) for n, xi in zip(nets, xb)]), atol=1e-5)
+    assert [type(m).__name__ for m in nets[0].features][:4] == ["Conv2d", "GroupNorm", "ReLU", "AvgPool2x2"]
