@@ -9,7 +9,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from ddnb import alloc as _alloc
+
 __version__ = "0.1.0"
+_alloc.tune_malloc()  # every use of ddnb (evaluation and testing too, not only distillation): see ddnb.alloc
 
 _EXPORTS = {
     "load_dataset": "ddnb.data",

@@ -237,7 +237,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from ddnb.records import record_result, report_table
 
     for run_dir in args.record or []:
-        path = record_result(run_dir, args.results, overwrite=args.overwrite)
+        path = record_result(run_dir, args.results, overwrite=args.overwrite, ipc=args.ipc)
         print(f"recorded {run_dir} as {path}", file=sys.stderr)
     _out(report_table(args.results))
     return 0
@@ -349,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", action="append", metavar="RUN_DIR",
                    help="first copy this finished run's results.json into the folder (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="with --record: replace an existing record")
+    p.add_argument("--ipc", help="with --record: the IPC part of the record's name (e.g. 10+20) for a run whose "
+                   "params left ipc unset (the notebook's default)")
     p.set_defaults(func=cmd_report)
     return parser
 

@@ -45,12 +45,17 @@ def _row(root: Path, path: Path) -> dict[str, Any]:
     return row
 
 
-def record_path(results: Mapping[str, Any], results_root: str | Path) -> Path:
+def record_path(results: Mapping[str, Any], results_root: str | Path, ipc: str | None = None) -> Path:
     """Where a run's record goes: `results_root/<notebook>/<budget>-<dataset>-ipcN-seedS.json`; a run over
-    several IPCs (param ipc None, params["ipcs"] the list it studied) is named ipcA+B+..."""
+    several IPCs (param ipc None, params["ipcs"] the list it studied) is named ipcA+B+...; `ipc` names a run
+    whose params left both unset (the notebook's default IPCs; the record's content stays as the run wrote it)."""
     p = dict(results["params"])
     if p.get("ipc") is None and p.get("ipcs"):
         p["ipc"] = "+".join(str(i) for i in p["ipcs"])
+    if ipc is not None:
+        if p.get("ipc") is not None:
+            raise ValueError(f"the run names its IPC already (ipc={p['ipc']!r}); drop the ipc argument ({ipc!r})")
+        p["ipc"] = ipc
     missing = [k for k in RECORD_PARAMS if p.get(k) is None]
     if missing:
         raise ValueError(f"run of {results['notebook']} lacks param(s) {missing} that name its record "
@@ -58,16 +63,17 @@ def record_path(results: Mapping[str, Any], results_root: str | Path) -> Path:
     return Path(results_root) / results["notebook"] / f"{p['budget']}-{p['dataset']}-ipc{p['ipc']}-seed{p['seed']}.json"
 
 
-def record_result(run_dir: str | Path, results_root: str | Path, *, overwrite: bool = False) -> Path:
+def record_result(run_dir: str | Path, results_root: str | Path, *, overwrite: bool = False,
+                  ipc: str | None = None) -> Path:
     """Copy a finished (status ok) run's results.json to its `record_path` under `results_root`; return it.
 
     The record is the results.json alone (names of the run's files, none of the files). An existing
-    record is kept unless `overwrite`.
+    record is kept unless `overwrite`. `ipc` names a run whose params have no IPC (see record_path).
     """
     results = read_results(run_dir)
     if results["status"] != "ok":
         raise ValueError(f"run {str(run_dir)!r} failed ({results['error']}); record only finished runs")
-    dest = record_path(results, results_root)
+    dest = record_path(results, results_root, ipc)
     if dest.exists() and not overwrite:
         raise ValueError(f"{str(dest)!r} already holds a record of this run; pass overwrite to replace it")
     check_writable(dest.parent, "results folder")

@@ -48,7 +48,7 @@ per class of the sampler trace (002 Fig. 2b, 1a/5, 8)."""
 NB04: dict[str, dict[str, Any]] = {
     "smoke": dict(ipc=8, seeds=2, oracle_betas=[0.5], oracle_seeds=1, curricula=[1, 2, 3, 4], classes=3, tab1_ipcs=1,
                   test_per_class=10),
-    # sized to finish in about 60 minutes on 2 CPU cores with Fashion-MNIST (IPC 10 and 20)
+    # Fashion-MNIST (IPC 10 and 20), 2 CPU cores, empty cache: 51 min (results/04_ccfs_curriculum/)
     "cpu": dict(ipc=10, seeds=3, oracle_betas=[0.0, 0.3, 0.6, 0.9], oracle_seeds=1, curricula=[1, 2, 3, 4], classes=3,
                 tab1_ipcs=2, test_per_class=300),
     "paper": dict(ipc=300, seeds=3, oracle_betas=[round(0.1 * i, 1) for i in range(10)], oracle_seeds=2,

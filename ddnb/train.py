@@ -366,9 +366,9 @@ def evaluate_synset(
     batched None: with several seeds, train all models together in one stacked step per batch
     (ddnb.batched.train_models, the same per-seed result up to float rounding) where the architecture
     allows it (no BatchNorm) and DDNB_SPEEDUPS is not "off" (ddnb.speedups), else one after another (logged);
-    True / False force either. The
-    result's `path` says which ran. precision: "fp32", "bf16" or "auto" (bf16 where native, ddnb.precision)
-    for training's forward and loss (testing stays fp32); the result's `precision` says which ran.
+    True / False force either. The result's `path` says which ran. precision: "fp32", "bf16" or "auto" (bf16
+    where native, ddnb.precision) for training's forward and loss (testing stays fp32); the result's
+    `precision` says which ran.
     curve_epochs: epochs (1..epochs) after which every model is also tested, within the same training (the
     result's `curve`: epoch -> accuracy per seed; the final epoch's entry equals per_seed).
     """

@@ -161,6 +161,10 @@ def test_malloc_tuning_respects_environment(env, expected):
     out = subprocess.run([sys.executable, "-c", "import ddnb.alloc as a; print(sorted(a.tune_malloc()))"],
                          env={**clean, **env}, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == str(expected)
+    # `import ddnb` alone applies it (evaluation-only code never imports the distillation loop)
+    code = "import sys, ddnb; print(sorted(sys.modules['ddnb.alloc']._applied))"
+    out = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(expected)
 
 
 # ---------------------------------------------------------------- checkpoints under faults

@@ -217,6 +217,14 @@ def test_record_result_files_the_run_by_notebook_budget_dataset_ipc_seed(tmp_pat
     assert records.record_result(run, tmp_path / "results", overwrite=True) == path
     study = _run(tmp_path / "outputs" / "study", ipc=None, ipcs=[1, 10])  # a run over several IPCs
     assert records.record_result(study, tmp_path / "results").name == "cpu-fashion_mnist-ipc1+10-seed0.json"
+    default = _run(tmp_path / "outputs" / "default", ipc=None)  # the notebook's default IPCs, not in params
+    with pytest.raises(ValueError, match=r"lacks param\(s\) \['ipc'\]"):
+        records.record_result(default, tmp_path / "results")
+    named = records.record_result(default, tmp_path / "results", ipc="10+20")
+    assert named.name == "cpu-fashion_mnist-ipc10+20-seed0.json"
+    assert runs.read_results(named) == runs.read_results(default)
+    with pytest.raises(ValueError, match=r"names its IPC already \(ipc=10\); drop the ipc argument \('20'\)"):
+        records.record_result(run, tmp_path / "results", ipc="20")
     bare = tmp_path / "bare"
     _write_ok(bare, params={"ipc": 1, "dataset": "digits"})
     with pytest.raises(ValueError, match=r"\['budget', 'seed'\]"):

@@ -29,12 +29,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ddnb import alloc
 from ddnb.settings import Bool, Int, require
 from ddnb.utils import atomic_save_json, atomic_write_bytes, check_writable
 
 log = logging.getLogger(__name__)
-alloc.tune_malloc()
 
 CHECKPOINT_FORMAT = 2  # 2: a checksummed frame around the torch.save payload, and the run identity
 _CKPT_MAGIC = b"ddnb-checkpoint 2\n"
