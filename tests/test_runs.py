@@ -57,7 +57,7 @@ def test_write_results_schema(tmp_path):
     assert res["metrics"] == {"acc": 50.0, "n": 3}
     assert res["findings"] == [{"id": "a_beats_b", "claim": "a beats b", "holds": True, "values": {"a": 2, "b": 1}}]
     assert res["artifacts"] == ["fig.png"]
-    assert set(res["versions"]) == {"python", "torch", "ddnb", "numpy"}
+    assert set(res["versions"]) == {"python", "torch", "ddnb", "numpy", "speedups"}
     assert 5.0 <= res["duration_s"] < 60.0
     assert runs.read_results(tmp_path) == res
 

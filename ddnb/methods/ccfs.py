@@ -129,6 +129,7 @@ def context(dataset: Any, settings: dict[str, Any], seed: int, device: Any, fit_
     """Everything a run's phases share: scores (ranking key and raw values per training image), the teacher
     (given, else the cached one when the protocol or teacher_correct needs it); fit_filter(x, y, phase)
     replaces the cached filter training (a stub in tests)."""
+    from ddnb.evalcache import tensor_digest
     from ddnb.experts import data_fingerprint
 
     dev = resolve_device(device)
@@ -141,7 +142,9 @@ def context(dataset: Any, settings: dict[str, Any], seed: int, device: Any, fit_
     model = teacher(dataset, settings, dev) if built else teacher_model
     teacher_key = digest(json.dumps({"data": data_fingerprint(dataset), **teacher_config(settings)},
                                     sort_keys=True)) if built else None
-    return PhaseContext(dataset, settings, seed, dev, sc, sc.indices.cpu(), key, raw, model, fit_filter, teacher_key)
+    test_key = tensor_digest(dataset.x_test, dataset.y_test)[:20]
+    return PhaseContext(dataset, settings, seed, dev, sc, sc.indices.cpu(), key, raw, model, fit_filter, teacher_key,
+                        test_key)
 
 
 def base_overrides(settings: dict[str, Any]) -> dict[str, Any]:

@@ -76,6 +76,7 @@ class PhaseContext:
     teacher: nn.Module | None
     fit_filter: FitFilter | None
     teacher_key: str | None = None  # what the teacher was trained from (its cache entry); None: given, not cached
+    test_key: str = ""  # a digest of the test split the filters are tested on (part of their cache key)
 
 
 def run_phase(ctx: PhaseContext, j: int, k: int, x_s: Tensor, y_s: Tensor, taken: Tensor,
@@ -150,7 +151,7 @@ def teacher_correct(ctx: PhaseContext) -> Tensor:
     if ctx.teacher_key is not None and path.is_file():
         tensors, meta = load_tensor_file(path, CORRECT_KIND)
         if meta.get("config") == config:
-            return tensors["correct"]
+            return tensors["correct"].cpu()  # on the host, as a computed mask (a no-op: files load on the CPU)
     y = ctx.dataset.y_train.cpu()
     ok = torch.zeros(len(y), dtype=torch.bool)
     ok[ctx.universe] = universe_logits(ctx.teacher, ctx.dataset, ctx.universe).argmax(1) == y[ctx.universe]
@@ -164,19 +165,18 @@ def filter_outputs(ctx: PhaseContext, x_s: Tensor, y_s: Tensor, phase: int) -> t
     if ctx.fit_filter is not None:
         model = ctx.fit_filter(x_s, y_s, phase)
         return universe_logits(model, ctx.dataset, ctx.universe), test_accuracy(model, ctx.dataset), float("nan")
-    from ddnb.evalcache import tensor_digest
     from ddnb.synset import load_tensor_file, save_tensor_file
 
     s = ctx.settings
     config = {"set": digest(x_s, y_s), "universe": digest(ctx.universe), "seed": iteration_seed(ctx.seed, phase),
-              "test": tensor_digest(ctx.dataset.x_test, ctx.dataset.y_test)[:20],
+              "test": ctx.test_key,
               "teacher": teacher_config(s) if s["protocol"] == "sl+kd" else None,
               **{k: s[k] for k in ("protocol", "arch", "epochs")}}
     path = cache_dir("filters") / f"{ctx.dataset.name}_{digest(json.dumps(config, sort_keys=True))}.safetensors"
     if path.is_file():
         tensors, meta = load_tensor_file(path, FILE_KIND)
         if meta.get("config") == config:
-            return tensors["logits"], meta["test_acc"], meta["loss"]
+            return tensors["logits"].cpu(), meta["test_acc"], meta["loss"]
     model, loss = _train_filter(ctx, x_s, y_s, config["seed"])
     logits, test_acc = universe_logits(model, ctx.dataset, ctx.universe), test_accuracy(model, ctx.dataset)
     save_tensor_file(path, {"logits": logits}, {"config": config, "test_acc": test_acc, "loss": loss}, FILE_KIND)
