@@ -9,8 +9,8 @@ at the price of holding the peak heap size. Measured on the plain DM loop (Fashi
 ConvNet-3, 64 real images per class): minor page faults per iteration 262k by default, 199k with
 the mmap threshold alone, 508k with the trim threshold alone, 4.5k with both (900 through
 mallopt here); M_TOP_PAD adds nothing, so it is left alone. Off glibc (macOS, Windows, musl)
-this is a no-op. Applied when ddnb is imported (ddnb/__init__.py): evaluation's test passes gain as much as
-distillation (benchmarks/bench_eval.py runs with it; DDNB_MALLOC_TUNE=0 turns it off).
+this is a no-op. Applied when ddnb is imported (ddnb/__init__.py), so evaluation-only code (test passes,
+evaluate_synset) gets it too, not only the distillation loop; DDNB_MALLOC_TUNE=0 turns it off.
 """
 from __future__ import annotations
 
