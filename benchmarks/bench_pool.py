@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -26,7 +24,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_eval import cpu_model  # noqa: E402 - after the path set-up
+from bench_bf16 import time_call  # noqa: E402 - after the path set-up
+from bench_eval import cpu_model  # noqa: E402
 
 from ddnb.alloc import tune_malloc  # noqa: E402
 from ddnb.models import AvgPool2x2, get_model  # noqa: E402
@@ -36,14 +35,8 @@ LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channel
 
 
 def median_ms(fn: Callable[[], object], reps: int) -> float:
-    """Median wall time of fn() in milliseconds over `reps` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times)
+    """Median wall time of fn() in milliseconds over `reps` calls after one warm-up call (bench_bf16.time_call)."""
+    return 1000.0 * time_call(fn, reps)
 
 
 def with_pooling(model: nn.Module, torch_pool: bool) -> nn.Module:
