@@ -310,7 +310,7 @@ def test_budgets_follow_the_official_code():
         assert BUDGETS["dream"][budget]["net_batch"] == BUDGETS["dream+"][budget]["net_batch"] == 128
         assert all(BUDGETS[v][budget]["eval_protocol"] == "idc" for v in BUDGETS)
     assert BUDGETS["dream+"]["paper"]["warmup_data"] is None  # one epoch of the whole training set
-    assert BUDGETS["dream"]["paper"]["eval_epochs"] == 1000 and BUDGETS["dream"]["cpu"]["eval_epochs"] == 300
+    assert BUDGETS["dream"]["paper"]["eval_epochs"] == 1000 and BUDGETS["dream"]["cpu"]["eval_epochs"] == 120
     assert BUDGETS["idc"]["paper"]["aug"] == "idc:color_crop_cutout"
     with pytest.raises(ValueError, match="warmup_data"):
         ddnb.distill("dream", ddnb.load_dataset("digits"), 1, budget="smoke", warmup_data=-1)
