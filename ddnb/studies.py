@@ -25,17 +25,20 @@ all, of which scores 39 s and the validation grid 20 min. `paper`: 000 §3.2 on 
 (IPC 300, 600)."""
 
 NB02: dict[str, dict[str, Any]] = {
-    "smoke": dict(probe_epochs=1, speed_iterations=2, ablation_iterations=2, ablation_eval_epochs=2,
-                  ablation_experts=[1], tsne_per_class=10),
-    "cpu": dict(probe_epochs=6, speed_iterations=10, ablation_iterations=30, ablation_eval_epochs=100,
-                ablation_experts=[1, 2], tsne_per_class=40),
-    "paper": dict(probe_epochs=60, speed_iterations=100, ablation_iterations=10_000, ablation_eval_epochs=1000,
-                  ablation_experts=[1, 2, 3, 4, 10, 15, 20], tsne_per_class=100),
+    "smoke": dict(probe_epochs=1, dm_iterations=None, eval_epochs=None, speed_iterations=2, ablation_iterations=2,
+                  ablation_eval_epochs=2, ablation_experts=[1], tsne_per_class=10),
+    # cut to fit the hour on 2 CPU cores: DM 500 iterations (its budget) and 300-epoch evaluations took over 2 h
+    "cpu": dict(probe_epochs=6, dm_iterations=200, eval_epochs=150, speed_iterations=10, ablation_iterations=20,
+                ablation_eval_epochs=60, ablation_experts=[1, 2], tsne_per_class=40),
+    "paper": dict(probe_epochs=60, dm_iterations=None, eval_epochs=None, speed_iterations=100,
+                  ablation_iterations=10_000, ablation_eval_epochs=1000, ablation_experts=[1, 2, 3, 4, 10, 15, 20],
+                  tsne_per_class=100),
 }
-"""Notebook 02 (DANCE): epochs of the held-out probe (001 Fig. 3a), iterations timed per method (Tab. 4; DANCE's
-median seconds per iteration over them also sets its equal-time iterations),
-length and evaluation epochs of each ablation run and the expert counts compared (Tab. 5, 6; paper:
-1-20 experts, 10,000 iterations), t-SNE points per class."""
+"""Notebook 02 (DANCE): epochs of the held-out probe (001 Fig. 3a), DM's iterations per distillation seed (None:
+DM's budget; DANCE gets the same seconds), epochs of Tab. 1's evaluations (None: each set's protocol, DM with DSA
+1,000 and DANCE IDC's 1,500), iterations timed per method (Tab. 4; DANCE's median seconds per iteration over them
+also sets its equal-time iterations), length and evaluation epochs of each ablation run and the expert counts
+compared (Tab. 5, 6; paper: 1-20 experts, 10,000 iterations), t-SNE points per class."""
 
 NB03: dict[str, dict[str, Any]] = {
     "smoke": dict(curve_points=2, trace_steps=6, trace_pool=64),
