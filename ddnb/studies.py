@@ -42,6 +42,7 @@ compared (Tab. 5, 6; paper: 1-20 experts, 10,000 iterations), t-SNE points per c
 
 NB03: dict[str, dict[str, Any]] = {
     "smoke": dict(curve_points=2, trace_steps=6, trace_pool=64),
+    # Fashion-MNIST (IPC 10), 2 CPU cores, empty cache: 47 min (results/03_dream_mmd_tsne/)
     "cpu": dict(curve_points=4, trace_steps=12, trace_pool=1000),
     "paper": dict(curve_points=12, trace_steps=100, trace_pool=1000),
 }

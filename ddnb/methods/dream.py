@@ -77,7 +77,7 @@ _SCALE: dict[str, dict[str, Any]] = {
     # Tab. 5's N = 32 sub-clusters, clustered in a random pool of 1,024 images per class (32 per
     # sub-cluster, near the paper's 6,000 / 128 = 47); IDC's evaluation at 120 epochs instead of 1,000, and
     # in-loop evaluations (accuracy curves) at 30 epochs, so that notebook 03 fits its hour: with 300 and 50
-    # its Fashion-MNIST run had 4 of its 5 evaluations (3 seeds each) still to do after 47 minutes.
+    # its Fashion-MNIST run had 3 of its 5 evaluations (3 seeds each) still to do after 47 minutes (now 47 in all).
     "cpu": dict(iterations=8, inner_loops=4, batch_real=32, interval=4, pool=1024, kmeans_iters=50,
                 net_data=128, eval_epochs=120, curve_epochs=30, lr_img_factor=2.5),
     "paper": dict(iterations=1200, inner_loops=100),
