@@ -27,7 +27,8 @@ all, of which scores 39 s and the validation grid 20 min. `paper`: 000 §3.2 on 
 NB02: dict[str, dict[str, Any]] = {
     "smoke": dict(probe_epochs=1, dm_iterations=None, eval_epochs=None, speed_iterations=2, ablation_iterations=2,
                   ablation_eval_epochs=2, ablation_experts=[1], tsne_per_class=10),
-    # cut to fit the hour on 2 CPU cores: DM 500 iterations (its budget) and 300-epoch evaluations took over 2 h
+    # cut to fit the hour on 2 CPU cores (DM's budget, 500 iterations, and 300-epoch evaluations: over 2 h); with
+    # these, Fashion-MNIST IPC 10 and an empty cache: 39 min (results/02_dance_distribution_shift/)
     "cpu": dict(probe_epochs=6, dm_iterations=200, eval_epochs=150, speed_iterations=10, ablation_iterations=20,
                 ablation_eval_epochs=60, ablation_experts=[1, 2], tsne_per_class=40),
     "paper": dict(probe_epochs=60, dm_iterations=None, eval_epochs=None, speed_iterations=100,
