@@ -1,6 +1,6 @@
 """Issue 11's DM ablation: does one of the reference's DSA behaviours explain DM's gap to main_DM.py?
 
-    python benchmarks/ablate_dm.py --out results/benchmarks/ablate_dm-fashion_mnist.json   # hours: see the estimate
+    python benchmarks/ablate_dm.py --eval-epochs 300 --out results/benchmarks/ablate_dm-fashion_mnist.json  # ~2 h
     python benchmarks/ablate_dm.py --dataset digits --iters 2 --eval-epochs 2 --seeds 1 --out /tmp/ablate.json
 
 At equal iterations, each variant of DM's settings (baseline = ddnb's defaults; `dsa_draws="reference"`;
@@ -9,8 +9,7 @@ At equal iterations, each variant of DM's settings (baseline = ddnb's defaults; 
 distillation seeds 0..`--seeds`-1; every set is evaluated by the same `evaluate_synset` (ConvNet-3, protocol
 "dc" with DSA, `--eval-epochs` epochs, `--eval-seeds` evaluation seeds). Each finished variant/seed goes to
 `--runs` (default: `--out` with suffix .runs.json), keyed by its configuration, and a re-run skips it.
-First it measures seconds per DM iteration and per evaluation epoch and prints the estimated time of the runs
-left. The table (printed, and written to `--out` as JSON with its Markdown) gives per variant the mean ± std
+After each run it prints the time the runs left will take at the mean pace so far. The table (printed, and written to `--out` as JSON with its Markdown) gives per variant the mean ± std
 over distillation seeds of each set's mean accuracy, the mean std over evaluation seeds, and the gap to the
 baseline with its verdict (ddnb.runs.compare_means over the per-set means: the spread over distillation seeds).
 On square images align_corners changes scale and rotate only by float rounding (ddnb.augment), so that row
@@ -70,18 +69,6 @@ def evaluate(syn: Any, data: Any, args: argparse.Namespace, epochs: int) -> Any:
 
     return evaluate_synset(syn, data, arch="convnet3", seeds=args.eval_seeds, epochs=epochs, dsa=True,
                            protocol="dc", device=args.device, progress=False)
-
-
-def estimate(data: Any, args: argparse.Namespace, left: int) -> dict[str, float]:
-    """Seconds per DM iteration (median after the first of 3) and per evaluation (1 vs 3 epochs); `left` runs' total."""
-    syn, hist = distil(data, args, {}, 0, 3)
-    per_iter = statistics.median(hist.seconds[1:])
-    one, three = (evaluate(syn, data, args, e).seconds for e in (1, 3))
-    per_epoch = max(0.0, (three - one) / 2)
-    per_eval = max(one - per_epoch, 0.0) + per_epoch * args.eval_epochs
-    per_run = per_iter * args.iters + per_eval
-    return {"s_per_iteration": per_iter, "s_per_eval_epoch": per_epoch, "s_per_evaluation": per_eval,
-            "s_per_run": per_run, "runs_left": left, "s_left": per_run * left}
 
 
 def run_one(data: Any, args: argparse.Namespace, variant: str, seed: int) -> dict[str, Any]:
@@ -163,15 +150,14 @@ def main() -> None:
           f"{batch_real(data, args.batch_real)} real/class, {args.iters} iterations, {args.seeds} distillation "
           f"seed(s), evaluation {args.eval_epochs} epochs x {args.eval_seeds} seeds; {len(keys) - len(left)} of "
           f"{len(keys)} runs already in {args.runs}")
-    if left:
-        est = estimate(data, args, len(left))
-        print(f"estimate: {est['s_per_iteration']:.2f} s/iteration, {est['s_per_evaluation']:.0f} s/evaluation, "
-              f"{est['s_per_run']:.0f} s/run; {len(left)} runs left: about {est['s_left'] / 3600:.2f} h")
+    spent = []
     for n, (variant, seed) in enumerate(left, 1):
         done[keys[variant, seed]] = run = run_one(data, args, variant, seed)
         atomic_save_json(args.runs, done)
+        spent.append(run["distill_s"] + run["eval_s"])
         print(f"[{n}/{len(left)}] {variant} seed {seed}: {run['mean']:.2f} ± {run['std']:.2f} "
-              f"(distill {run['distill_s']:.0f} s, eval {run['eval_s']:.0f} s)", flush=True)
+              f"(distill {run['distill_s']:.0f} s, eval {run['eval_s']:.0f} s); the {len(left) - n} left: about "
+              f"{statistics.fmean(spent) * (len(left) - n) / 3600:.2f} h at this run's pace", flush=True)
     rows = table(done, keys, args.seeds)
     text = markdown(rows)
     print(text)
