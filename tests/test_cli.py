@@ -272,8 +272,12 @@ def _ddnb_process(argv: list[str], cwd) -> subprocess.Popen:
 
 def test_two_distill_runs_on_one_out_the_second_is_refused(tmp_path):
     out = tmp_path / "c" / "same.safetensors"
-    procs = {seed: _ddnb_process(_distill_argv(out, seed, "--set", f"lr_img={lr}"), tmp_path)
-             for seed, lr in ((0, 1.0), (1, 0.5))}  # started together, as in the issue
+    lock = tmp_path / "c" / ".same.safetensors.lock"
+    procs = {0: _ddnb_process(_distill_argv(out, 0, "--set", "iterations=300"), tmp_path)}
+    deadline = time.time() + 120  # the second starts once the first holds the lock (300 iterations: seconds more)
+    while not (lock.is_file() and lock.read_text().startswith("pid")) and time.time() < deadline:
+        time.sleep(0.05)
+    procs[1] = _ddnb_process(_distill_argv(out, 1, "--set", "lr_img=0.5"), tmp_path)
     results = [(p.pid, p.wait(timeout=300), *p.communicate()) for p in procs.values()]
     winners = [r for r in results if r[1] == 0]
     losers = [r for r in results if r[1] != 0]
@@ -282,9 +286,8 @@ def test_two_distill_runs_on_one_out_the_second_is_refused(tmp_path):
     lines = [line for line in err.splitlines() if line.startswith("ddnb: ")]
     assert code == 2 and len(lines) == 1 and "Traceback" not in err
     assert f"same.safetensors is in use by another ddnb run (pid {winners[0][0]} " in lines[0]
-    winner_seed = next(seed for seed, p in procs.items() if p.pid == winners[0][0])
-    assert SyntheticSet.load(out).provenance["seed"] == winner_seed  # the winner's set, whole
-    assert len(json.loads(out.with_suffix(".history.json").read_text())["loss"]) == 20
+    assert winners[0][0] == procs[0].pid and SyntheticSet.load(out).provenance["seed"] == 0  # the first's set, whole
+    assert len(json.loads(out.with_suffix(".history.json").read_text())["loss"]) == 300
     assert not list(out.parent.glob(".*.lock"))  # released at exit
 
 
