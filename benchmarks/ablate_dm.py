@@ -9,9 +9,10 @@ At equal iterations, each variant of DM's settings (baseline = ddnb's defaults; 
 distillation seeds 0..`--seeds`-1; every set is evaluated by the same `evaluate_synset` (ConvNet-3, protocol
 "dc" with DSA, `--eval-epochs` epochs, `--eval-seeds` evaluation seeds). Each finished variant/seed goes to
 `--runs` (default: `--out` with suffix .runs.json), keyed by its configuration, and a re-run skips it.
-After each run it prints the time the runs left will take at the mean pace so far. The table (printed, and written to `--out` as JSON with its Markdown) gives per variant the mean ± std
-over distillation seeds of each set's mean accuracy, the mean std over evaluation seeds, and the gap to the
-baseline with its verdict (ddnb.runs.compare_means over the per-set means: the spread over distillation seeds).
+After each run it prints the time the runs left will take at the mean pace so far. The table (printed, and
+written to `--out` as JSON with its Markdown) gives per variant the mean ± std over distillation seeds of each
+set's mean accuracy, the mean std over evaluation seeds, and the gap to the baseline with its verdict
+(ddnb.runs.compare_means over the per-set means: the spread over distillation seeds).
 On square images align_corners changes scale and rotate only by float rounding (ddnb.augment), so that row
 shows how far rounding alone moves a run.
 """

@@ -48,7 +48,9 @@ def _row(root: Path, path: Path) -> dict[str, Any]:
 def record_path(results: Mapping[str, Any], results_root: str | Path, ipc: str | None = None) -> Path:
     """Where a run's record goes: `results_root/<notebook>/<budget>-<dataset>-ipcN-seedS.json`; a run over
     several IPCs (param ipc None, params["ipcs"] the list it studied) is named ipcA+B+...; `ipc` names a run
-    whose params left both unset (the notebook's default IPCs; the record's content stays as the run wrote it)."""
+    whose params left both unset (the notebook's default IPCs; the record's content stays as the run wrote it).
+    A run made with DDNB_SPEEDUPS=off (versions["speedups"]) gets the suffix `-speedups_off`, so that it sits
+    beside the same run with them on instead of replacing it."""
     p = dict(results["params"])
     if p.get("ipc") is None and p.get("ipcs"):
         p["ipc"] = "+".join(str(i) for i in p["ipcs"])
@@ -60,7 +62,9 @@ def record_path(results: Mapping[str, Any], results_root: str | Path, ipc: str |
     if missing:
         raise ValueError(f"run of {results['notebook']} lacks param(s) {missing} that name its record "
                          f"(<budget>-<dataset>-ipcN-seedS.json)")
-    return Path(results_root) / results["notebook"] / f"{p['budget']}-{p['dataset']}-ipc{p['ipc']}-seed{p['seed']}.json"
+    off = "-speedups_off" if (results.get("versions") or {}).get("speedups") == "off" else ""
+    name = f"{p['budget']}-{p['dataset']}-ipc{p['ipc']}-seed{p['seed']}{off}.json"
+    return Path(results_root) / results["notebook"] / name
 
 
 def record_result(run_dir: str | Path, results_root: str | Path, *, overwrite: bool = False,

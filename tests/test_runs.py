@@ -235,6 +235,16 @@ def test_record_result_files_the_run_by_notebook_budget_dataset_ipc_seed(tmp_pat
         records.record_result(failed, tmp_path / "results")
 
 
+def test_a_run_with_speedups_off_is_recorded_beside_the_same_run_with_them_on(tmp_path, monkeypatch):
+    on = records.record_result(_run(tmp_path / "on"), tmp_path / "results")
+    monkeypatch.setenv("DDNB_SPEEDUPS", "off")  # read when the run writes its results.json
+    off = records.record_result(_run(tmp_path / "off"), tmp_path / "results")
+    assert off == on.with_name("cpu-fashion_mnist-ipc10-seed0-speedups_off.json")
+    assert runs.read_results(off)["versions"]["speedups"] == "off" and on.is_file()
+    assert "| 02 | cpu-fashion_mnist-ipc10-seed0-speedups_off | dc, 300 epochs |" in records.report_table(
+        tmp_path / "results")
+
+
 def test_report_table_rows_from_records(tmp_path):
     for seed in (1, 0):
         records.record_result(_run(tmp_path / f"run{seed}", seed=seed), tmp_path / "results")
