@@ -158,7 +158,7 @@ def main() -> None:
         spent.append(run["distill_s"] + run["eval_s"])
         print(f"[{n}/{len(left)}] {variant} seed {seed}: {run['mean']:.2f} ± {run['std']:.2f} "
               f"(distill {run['distill_s']:.0f} s, eval {run['eval_s']:.0f} s); the {len(left) - n} left: about "
-              f"{statistics.fmean(spent) * (len(left) - n) / 3600:.2f} h at this run's pace", flush=True)
+              f"{statistics.fmean(spent) * (len(left) - n) / 3600:.2f} h at the mean pace so far", flush=True)
     rows = table(done, keys, args.seeds)
     text = markdown(rows)
     print(text)
