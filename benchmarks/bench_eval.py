@@ -11,7 +11,9 @@ Sets: real images at IPC 1, 10 and 50, and an IPC-10 set with IDC factor 2 (4 ti
 after one untimed 1-epoch call of each path, and a third time batched with `--precision` (default auto: bf16
 autocast where the CPU has it natively, see ddnb.precision; fp32 elsewhere, then it repeats the batched path).
 Prints the CPU, its bf16 verdict, the paths that ran, the times, the ratios to the sequential fp32 path and the
-largest per-seed accuracy difference to it (the fp32 paths train the same models; bf16 rounds differently).
+largest per-seed accuracy difference to it (the fp32 paths train the same models; bf16 rounds differently), then
+each path's seconds split into training and testing (`EvalResult.test_seconds`: testing runs the same fp32 passes
+on every path, so the training ratio is what batching and bf16 change).
 """
 from __future__ import annotations
 
@@ -85,7 +87,7 @@ def main() -> None:
     print(f"CPU: {cpu_model()}; {describe(torch.device('cpu'))}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; {data.name}, {args.arch}, {args.seeds} seeds, protocol dc with DSA; "
           f"third path: batched, {fast}")
-    totals = [0.0, 0.0, 0.0]
+    totals, trains = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
     for label, ipc, factor, epochs in CONFIGS:
         synset = make_set(data, ipc, factor)
         epochs = max(1, round(epochs * args.scale))
@@ -94,13 +96,20 @@ def main() -> None:
         (seq, seq_s), (bat, bat_s), (low, low_s) = (timed(synset, data, args, epochs, b, p)
                                                     for b, p in ((False, "fp32"), (True, "fp32"), (True, fast)))
         totals = [a + b for a, b in zip(totals, (seq_s, bat_s, low_s))]
+        train = [r.seconds - r.test_seconds for r in (seq, bat, low)]
+        trains = [a + b for a, b in zip(trains, train)]
         diff = [max(abs(a - b) for a, b in zip(seq.per_seed, r.per_seed)) for r in (bat, low)]
         print(f"{label:16s} {synset.n_decoded:4d} images, {epochs:3d} epochs: {seq.path} {seq_s:6.2f} s, "
               f"{bat.path} {bat_s:6.2f} s ({seq_s / bat_s:.2f}x), {low.path}/{low.precision} {low_s:6.2f} s "
               f"({seq_s / low_s:.2f}x); max per-seed accuracy difference to sequential {diff[0]:.2f} / "
               f"{diff[1]:.2f} points")
+        print(f"{'':16s} training {train[0]:6.2f} / {train[1]:6.2f} ({train[0] / train[1]:.2f}x) / {train[2]:6.2f} s "
+              f"({train[0] / train[2]:.2f}x); testing {seq.test_seconds:6.2f} / {bat.test_seconds:6.2f} / "
+              f"{low.test_seconds:6.2f} s")
     print(f"all: sequential {totals[0]:.2f} s, batched {totals[1]:.2f} s ({totals[0] / totals[1]:.2f}x), "
-          f"batched {fast} {totals[2]:.2f} s ({totals[0] / totals[2]:.2f}x)")
+          f"batched {fast} {totals[2]:.2f} s ({totals[0] / totals[2]:.2f}x); training only: sequential "
+          f"{trains[0]:.2f} s, batched {trains[1]:.2f} s ({trains[0] / trains[1]:.2f}x), batched {fast} "
+          f"{trains[2]:.2f} s ({trains[0] / trains[2]:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -285,6 +285,7 @@ class EvalResult:
     path: str = "sequential"  # how the seeds trained: "batched" (one stacked step) or "sequential"
     precision: str = "fp32"  # what training's forward and loss ran in: "fp32" or "bf16" (autocast)
     curve: dict[int, list[float]] = field(default_factory=dict)  # epoch -> test accuracy (%) per seed
+    test_seconds: float | None = None  # the part of `seconds` spent testing (None: cached before it was measured)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (for results.json)."""
@@ -403,10 +404,17 @@ def evaluate_synset(
     if batched is None and reason is not None and len(seed_list) > 1:
         log.info("evaluate_synset: %s trains its %d seeds one after another: %s", arch, len(seed_list), reason)
     curve: dict[int, list[float]] = {e: [] for e in points}
+    tested = [0.0]  # seconds in test passes, so that benchmarks can tell training's time from testing's
+
+    def test(model: nn.Module) -> float:
+        begin = time.perf_counter()
+        acc = 100.0 * evaluate(model, x_test, y_test)
+        tested[0] += time.perf_counter() - begin
+        return acc
 
     def test_at(epoch: int, trained: Sequence[nn.Module]) -> None:
         if epoch in curve:
-            curve[epoch].extend(100.0 * evaluate(m, x_test, y_test) for m in trained)
+            curve[epoch].extend(test(m) for m in trained)
 
     if use_batched:
         train_models(models, images, labels, seeds=seed_list, epochs=settings["epochs"], dsa=settings["dsa"],
@@ -419,14 +427,13 @@ def evaluate_synset(
             train_model(model, images, labels, epochs=settings["epochs"], dsa=settings["dsa"], label_kind=kind,
                         seed=s, device=dev, progress=progress, precision=precision, **train_kw,
                         on_epoch_end=(lambda e, m: test_at(e, [m])) if points else None)
-        accs.append(curve[settings["epochs"]][len(accs)] if settings["epochs"] in curve
-                    else 100.0 * evaluate(model, x_test, y_test))
+        accs.append(curve[settings["epochs"]][len(accs)] if settings["epochs"] in curve else test(model))
         bar.set_postfix(acc=f"{accs[-1]:.2f}")
     record = {k: v for k, v in settings.items() if k != "teacher"}
     record["teacher"] = type(settings["teacher"]).__name__ if settings.get("teacher") is not None else None
     return EvalResult(float(np.mean(accs)), float(np.std(accs, ddof=0)), accs, record, arch,
                       time.perf_counter() - start, seed_list, "batched" if use_batched else "sequential", precision,
-                      curve)
+                      curve, tested[0])
 
 
 def _curve_points(curve_epochs: Sequence[int] | None, epochs: int) -> list[int]:

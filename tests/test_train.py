@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -261,6 +262,23 @@ def test_digits_ipc10_real_images_train_well_above_chance(digits):
     assert result.std == pytest.approx(float(np.std(result.per_seed)))  # population std (ddof=0)
     assert result.seeds == [0, 1] and result.protocol["epochs"] == 20 and result.protocol["lr"] == 0.05
     json.dumps(result.to_dict())
+
+
+def test_test_seconds_count_every_test_pass_and_only_them(digits, monkeypatch):
+    import ddnb.train
+
+    real, calls = ddnb.train.evaluate, []
+
+    def slow_evaluate(model, x, y):
+        calls.append(1)
+        time.sleep(0.05)
+        return real(model, x, y)
+
+    monkeypatch.setattr(ddnb.train, "evaluate", slow_evaluate)
+    result = evaluate_synset(_real_ipc10(digits), digits, seeds=2, epochs=3, progress=False, curve_epochs=[1],
+                             model_kw={"width": 8}, batched=False)
+    assert len(calls) == 4  # 2 seeds, tested after epoch 1 and at the end
+    assert 4 * 0.05 <= result.test_seconds < result.seconds
 
 
 def _capture_training(monkeypatch) -> list[dict]:
