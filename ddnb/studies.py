@@ -20,8 +20,8 @@ of the training set, `val_seeds` models of `val_epochs` epochs per set), the epo
 models (CCFS trains them as long as the final evaluation) and of the final test evaluations.
 `cpu`: Fashion-MNIST at IPC 20 and 40, DM base (selmatch `cpu`: 30 iterations, 64 real images per class,
 forgetting scores of the `cpu` score budget: 500 images per class, 2 seeds x 10 epochs). Measured here
-(2-core AMD EPYC, alone; results/01_selmatch_incompatibility/cpu-fashion_mnist-ipc40-seed0.json): 31 min in
-all, of which scores 39 s and the validation grid 20 min. `paper`: 000 §3.2 on Fashion-MNIST's 5 % and 10 %
+(2-core AMD EPYC, alone; results/01_selmatch_incompatibility/cpu-fashion_mnist-ipc40-seed0.json): 29 min in
+all, of which scores 37 s and the validation grid 19 min. `paper`: 000 §3.2 on Fashion-MNIST's 5 % and 10 %
 (IPC 300, 600)."""
 
 NB02: dict[str, dict[str, Any]] = {
