@@ -404,12 +404,13 @@ def evaluate_synset(
     if batched is None and reason is not None and len(seed_list) > 1:
         log.info("evaluate_synset: %s trains its %d seeds one after another: %s", arch, len(seed_list), reason)
     curve: dict[int, list[float]] = {e: [] for e in points}
-    tested = [0.0]  # seconds in test passes, so that benchmarks can tell training's time from testing's
+    tested = 0.0  # seconds in test passes, so that benchmarks can tell training's time from testing's
 
     def test(model: nn.Module) -> float:
+        nonlocal tested
         begin = time.perf_counter()
         acc = 100.0 * evaluate(model, x_test, y_test)
-        tested[0] += time.perf_counter() - begin
+        tested += time.perf_counter() - begin
         return acc
 
     def test_at(epoch: int, trained: Sequence[nn.Module]) -> None:
@@ -433,7 +434,7 @@ def evaluate_synset(
     record["teacher"] = type(settings["teacher"]).__name__ if settings.get("teacher") is not None else None
     return EvalResult(float(np.mean(accs)), float(np.std(accs, ddof=0)), accs, record, arch,
                       time.perf_counter() - start, seed_list, "batched" if use_batched else "sequential", precision,
-                      curve, tested[0])
+                      curve, tested)
 
 
 def _curve_points(curve_epochs: Sequence[int] | None, epochs: int) -> list[int]:
